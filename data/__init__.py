@@ -1,0 +1,1 @@
+"""The embedding store: Parquet schema, validation, importers, data set layouts, synthetic data."""

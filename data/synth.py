@@ -1,0 +1,168 @@
+"""Synthetic embeddings at the shapes of the real data sets (performance.md presets), seeded.
+
+Model of an image embedding (then L2-normalised):
+    x = identity centre + camera shift + pose shift + isotropic noise
+* identity centres come in look-alike groups (a shared group direction plus an own
+  direction), so that some negatives are hard, as in real data;
+* the camera shift is shared by every identity seen by that camera, so that
+  same-camera negatives come closer (what the same-camera filter is about);
+* ``difficulty`` scales the camera, pose and noise terms (1.0: rank-1 roughly 0.7–0.9).
+Gallery extras where the real set has them: distractors (``pid 0``, unrelated images)
+and junk (``pid -1``, failed detections: a weak mix of a random identity and noise).
+
+Rows are written queries first, then gallery, in batches: a preset of any size is
+generated without holding more than one batch of vectors (plus the centres).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+GROUP_SIZE = 8  # identities per look-alike group
+BATCH_ROWS = 50_000
+POSES = 8
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    queries: int
+    gallery: int
+    dim: int
+    identities: int
+    cameras: int
+    junk_fraction: float = 0.0
+    distractor_fraction: float = 0.0
+
+
+PRESETS: dict[str, Preset] = {
+    "small": Preset("small", 300, 2_000, 128, 100, 6, junk_fraction=0.05, distractor_fraction=0.10),
+    "market": Preset("market", 3_368, 15_913, 2_048, 750, 6, junk_fraction=0.06, distractor_fraction=0.15),
+    "msmt17": Preset("msmt17", 11_659, 82_161, 2_048, 3_060, 15),
+    "veri": Preset("veri", 1_678, 11_579, 2_048, 200, 20),
+    "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50),
+}
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """pid, camid and split of every row (queries first), before any vector is drawn."""
+
+    pid: np.ndarray
+    camid: np.ndarray
+    split: np.ndarray  # 0 = query, 1 = gallery
+
+    def __len__(self) -> int:
+        return len(self.pid)
+
+
+def plan_rows(preset: Preset, seed: int) -> RowPlan:
+    rng = np.random.default_rng([seed, 0])
+    n_ids, n_cams = preset.identities, preset.cameras
+    n_junk = round(preset.gallery * preset.junk_fraction)
+    n_distractors = round(preset.gallery * preset.distractor_fraction)
+    n_true = preset.gallery - n_junk - n_distractors
+    gallery_pid = rng.permutation(np.resize(np.arange(1, n_ids + 1), n_true))
+    gallery_cam = rng.integers(1, n_cams + 1, size=n_true)
+    query_pid = rng.permutation(np.resize(np.arange(1, n_ids + 1), preset.queries))
+    query_cam = rng.integers(1, n_cams + 1, size=preset.queries)
+    query_cam = _cameras_with_a_valid_match(query_pid, query_cam, gallery_pid, gallery_cam, n_cams)
+    extra_pid = np.concatenate([np.zeros(n_distractors, np.int64), np.full(n_junk, -1, np.int64)])
+    extra_cam = rng.integers(1, n_cams + 1, size=n_distractors + n_junk)
+    order = rng.permutation(preset.gallery)  # mix distractors and junk into the gallery
+    pid = np.concatenate([query_pid, np.concatenate([gallery_pid, extra_pid])[order]])
+    camid = np.concatenate([query_cam, np.concatenate([gallery_cam, extra_cam])[order]])
+    split = np.concatenate([np.zeros(preset.queries, np.int8), np.ones(preset.gallery, np.int8)])
+    return RowPlan(pid.astype(np.int64), camid.astype(np.int64), split)
+
+
+def _cameras_with_a_valid_match(query_pid, query_cam, gallery_pid, gallery_cam, n_cams) -> np.ndarray:
+    """Move a query off its camera when every gallery image of its identity is from that camera."""
+    query_cam = query_cam.copy()
+    order = np.lexsort((gallery_cam, gallery_pid))
+    pids, first = np.unique(gallery_pid[order], return_index=True)
+    lo_cam = gallery_cam[order][first]
+    last = np.r_[first[1:], len(order)] - 1
+    hi_cam = gallery_cam[order][last]
+    single_cam = dict(zip(pids[lo_cam == hi_cam].tolist(), lo_cam[lo_cam == hi_cam].tolist()))
+    for i, p in enumerate(query_pid.tolist()):
+        cam = single_cam.get(p)
+        if cam is not None and query_cam[i] == cam:
+            query_cam[i] = cam % n_cams + 1
+    return query_cam
+
+
+def _unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((rows, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+@dataclass(frozen=True)
+class Directions:
+    centres: np.ndarray  # (identities + 1, d); row 0 unused
+    cameras: np.ndarray  # (cameras + 1, d)
+    poses: np.ndarray  # (POSES, d)
+
+
+def draw_directions(preset: Preset, seed: int) -> Directions:
+    rng = np.random.default_rng([seed, 1])
+    n_groups = -(-preset.identities // GROUP_SIZE)
+    groups = _unit_rows(rng, n_groups, preset.dim)
+    own = _unit_rows(rng, preset.identities + 1, preset.dim)
+    group_of = np.r_[0, np.arange(preset.identities) // GROUP_SIZE]
+    centres = 0.6 * groups[group_of] + 0.8 * own
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return Directions(centres, _unit_rows(rng, preset.cameras + 1, preset.dim), _unit_rows(rng, POSES, preset.dim))
+
+
+def draw_vectors(directions: Directions, pid: np.ndarray, camid: np.ndarray, difficulty: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Vectors for one batch of planned rows (unit L2 norm, float32)."""
+    n, dim = len(pid), directions.centres.shape[1]
+    base = np.empty((n, dim), np.float32)
+    true = pid > 0
+    base[true] = directions.centres[pid[true]]
+    distractor = pid == 0
+    base[distractor] = _unit_rows(rng, int(distractor.sum()), dim)
+    junk = pid < 0
+    if junk.any():
+        random_ids = rng.integers(1, len(directions.centres), size=int(junk.sum()))
+        base[junk] = 0.5 * directions.centres[random_ids] + _unit_rows(rng, int(junk.sum()), dim)
+    pose = directions.poses[rng.integers(0, POSES, size=n)] * rng.uniform(0, 1, size=(n, 1)).astype(np.float32)
+    # Isotropic noise concentrates in high dimension; this scale keeps a difficulty comparable across dims.
+    noise = _unit_rows(rng, n, dim) * (dim / 128) ** 0.4
+    x = base + difficulty * (0.63 * directions.cameras[camid] + 0.58 * pose + 1.09 * noise)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32, copy=False)
+
+
+def row_ids(split: np.ndarray, start: int, queries: int) -> list[str]:
+    return [f"q{i:07d}" if s == 0 else f"g{i - queries:07d}" for i, s in zip(range(start, start + len(split)), split)]
+
+
+def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: float = 1.0,
+             batch_rows: int = BATCH_ROWS, progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Write a synthetic embeddings file for a preset (streamed in batches, atomically)."""
+    from data.store import EmbeddingsWriter
+
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    plan = plan_rows(preset, seed)
+    directions = draw_directions(preset, seed)
+    split_names = np.array(["query", "gallery"], dtype=object)
+    with EmbeddingsWriter(out_path, preset.dim, model=f"synthetic:{preset.name}:seed={seed}:difficulty={difficulty}",
+                          normalized=True) as writer:
+        for batch, start in enumerate(range(0, len(plan), batch_rows)):
+            stop = min(start + batch_rows, len(plan))
+            rng = np.random.default_rng([seed, 2, batch])
+            pid, camid, split = plan.pid[start:stop], plan.camid[start:stop], plan.split[start:stop]
+            vectors = draw_vectors(directions, pid, camid, difficulty, rng)
+            writer.write(row_ids(split, start, preset.queries), vectors, pid=pid, camid=camid.astype(np.int32),
+                         split=split_names[split])
+            if progress is not None:
+                progress("synthesising", stop, len(plan))
+    return Path(out_path)

@@ -1,0 +1,1 @@
+"""The evaluator: protocol masks, ranking and verification metrics, k-reciprocal re-ranking."""

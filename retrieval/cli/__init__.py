@@ -1,0 +1,13 @@
+"""The `retrieve` command line. Each command group lives in its own module and registers on ``app``."""
+
+from retrieval.cli.app import app, main, run
+
+# Importing the command modules registers their commands on `app` (order = order in --help).
+from retrieval.cli import data_commands  # noqa: E402,F401  import, layout, synth, info, demo
+from retrieval.cli import eval_commands  # noqa: E402,F401  evaluate
+from retrieval.cli import verify_commands  # noqa: E402,F401  verify
+from retrieval.cli import index_commands  # noqa: E402,F401  build-index, search, index-info, tune
+from retrieval.cli import catalogue_commands  # noqa: E402,F401  runs, sql, compare, report
+from retrieval.cli import train_commands  # noqa: E402,F401  train, embed
+
+__all__ = ["app", "main", "run"]
