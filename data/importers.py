@@ -206,8 +206,14 @@ def join_manifest_by_path(manifest: pa.Table, embeddings: pa.Table) -> pa.Table:
     """Attach pid/camid/split from a layout manifest to embeddings rows with the same ``path``."""
     if "path" not in embeddings.column_names:
         raise DataError("embeddings have no 'path' column to join the layout manifest on")
-    keep = [c for c in embeddings.column_names if c not in ("pid", "camid", "split")]
-    joined = embeddings.select(keep).join(manifest.select(["path", "pid", "camid", "split"]), "path", join_type="inner")
-    if joined.num_rows != embeddings.num_rows:
-        raise DataError(f"{embeddings.num_rows - joined.num_rows} embedding row(s) have a path not in the layout manifest")
+    row_of_path = {p: i for i, p in enumerate(manifest.column("path").to_pylist())}
+    paths = embeddings.column("path").to_pylist()
+    missing = [p for p in paths if p not in row_of_path]
+    if missing:
+        raise DataError(f"{len(missing)} embedding row(s) have a path not in the layout manifest "
+                        f"(first: {', '.join(map(str, missing[:5]))})")
+    rows = pa.array([row_of_path[p] for p in paths], type=pa.int64())
+    joined = embeddings.drop_columns([c for c in ("pid", "camid", "split") if c in embeddings.column_names])
+    for name in ("pid", "camid", "split"):
+        joined = joined.append_column(name, manifest.column(name).take(rows))
     return joined

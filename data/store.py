@@ -387,13 +387,16 @@ def _creator() -> str:
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None, paths=None,
                      extra: pa.Table | dict | None = None) -> pa.Table:
     """Build an Arrow table in the embeddings format (no metadata)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = np.asarray(vectors)
+    if vectors.dtype not in (np.float16, np.float32, np.float64):
+        vectors = vectors.astype(np.float32)  # integers and the like: validation names float types only
     if vectors.ndim != 2:
         raise DataError(f"vectors must be a 2-D matrix, got shape {vectors.shape}")
     n, dim = vectors.shape
     columns: dict[str, pa.Array] = {
         schema.ID: pa.array([str(i) for i in ids], type=pa.string()),
-        schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim),
+        # Kept in its float type here so that validation can note a conversion; see canonical_table.
+        schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).reshape(-1)), dim),
     }
     if len(columns[schema.ID]) != n:
         raise DataError(f"{len(columns[schema.ID])} ids for {n} vectors")
@@ -412,6 +415,12 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=No
         for name in extra_table.column_names:
             table = table.append_column(name, extra_table.column(name))
     return table
+
+
+def canonical_table(table: pa.Table, emb: Embeddings) -> pa.Table:
+    """The table with its embedding column as validated float32 fixed-size lists."""
+    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.vectors.reshape(-1), type=pa.float32()), emb.dim)
+    return table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
 
 
 def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None) -> pa.Table:
@@ -441,7 +450,7 @@ def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, 
     path = Path(path)
     table = embeddings_table(ids, vectors, pid, camid, split, paths, extra)
     emb = embeddings_from_table(table, path)
-    table = with_metadata(table, emb.dim, emb.normalized, model)
+    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model)
     tmp = atomic_output(path)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_rows)
@@ -466,7 +475,8 @@ class EmbeddingsWriter:
         self.rows = 0
 
     def write(self, ids, vectors, **columns) -> None:
-        table = embeddings_table(ids, vectors, **{k: v for k, v in columns.items() if k != "extra"})
+        table = embeddings_table(ids, np.asarray(vectors, dtype=np.float32),
+                                 **{k: v for k, v in columns.items() if k != "extra"})
         self._writer.write_table(table.select(self.schema.names).cast(self.schema))
         self.rows += table.num_rows
 

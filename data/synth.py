@@ -6,7 +6,7 @@ Model of an image embedding (then L2-normalised):
   direction), so that some negatives are hard, as in real data;
 * the camera shift is shared by every identity seen by that camera, so that
   same-camera negatives come closer (what the same-camera filter is about);
-* ``difficulty`` scales the camera, pose and noise terms (1.0: rank-1 roughly 0.7–0.9).
+* ``difficulty`` scales the camera, pose and noise terms (1.0: rank-1 about 0.87 on the market preset).
 Gallery extras where the real set has them: distractors (``pid 0``, unrelated images)
 and junk (``pid -1``, failed detections: a weak mix of a random identity and noise).
 
@@ -135,7 +135,7 @@ def draw_vectors(directions: Directions, pid: np.ndarray, camid: np.ndarray, dif
         base[junk] = 0.5 * directions.centres[random_ids] + _unit_rows(rng, int(junk.sum()), dim)
     pose = directions.poses[rng.integers(0, POSES, size=n)] * rng.uniform(0, 1, size=(n, 1)).astype(np.float32)
     # Isotropic noise concentrates in high dimension; this scale keeps a difficulty comparable across dims.
-    noise = _unit_rows(rng, n, dim) * (dim / 128) ** 0.4
+    noise = _unit_rows(rng, n, dim) * (dim / 128) ** 0.33
     x = base + difficulty * (0.63 * directions.cameras[camid] + 0.58 * pose + 1.09 * noise)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32, copy=False)
