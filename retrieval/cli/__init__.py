@@ -9,5 +9,6 @@ from retrieval.cli import verify_commands  # noqa: E402,F401  verify
 from retrieval.cli import index_commands  # noqa: E402,F401  build-index, search, index-info, tune
 from retrieval.cli import catalogue_commands  # noqa: E402,F401  runs, sql, compare, report
 from retrieval.cli import train_commands  # noqa: E402,F401  train, embed
+from retrieval.cli import demo_command  # noqa: E402,F401  demo
 
 __all__ = ["app", "main", "run"]
