@@ -443,14 +443,9 @@ def atomic_output(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None,
-                     paths=None, extra: pa.Table | dict | None = None, model: str | None = None,
-                     row_group_rows: int | None = None) -> Path:
-    """Write an embeddings file atomically (validated first, so a bad input never lands on disk)."""
+def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: int | None = None) -> Path:
+    """Write a Parquet file under a temporary name and rename it into place (never half-written)."""
     path = Path(path)
-    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra)
-    emb = embeddings_from_table(table, path)
-    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model)
     tmp = atomic_output(path)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_rows)
@@ -459,6 +454,17 @@ def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None,
+                     paths=None, extra: pa.Table | dict | None = None, model: str | None = None,
+                     row_group_rows: int | None = None) -> Path:
+    """Write an embeddings file atomically (validated first, so a bad input never lands on disk)."""
+    path = Path(path)
+    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra)
+    emb = embeddings_from_table(table, path)
+    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model)
+    return write_parquet_atomically(table, path, row_group_rows)
 
 
 class EmbeddingsWriter:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
 
 from retrieval.cli.app import app
@@ -35,20 +33,12 @@ class PresetName(str, Enum):
 
 def _write_table(out: Path, table: pa.Table, model: Optional[str]) -> None:
     """Validate an imported table and write it as an embeddings file (atomically)."""
-    from data.store import embeddings_from_table, with_metadata, atomic_output
-    import os
+    from data.store import canonical_table, embeddings_from_table, with_metadata, write_parquet_atomically
 
     emb = embeddings_from_table(table, out)
     for note in emb.notes:
         err_console().print(f"note: {note}")
-    table = with_metadata(table, emb.dim, emb.normalized, model)
-    tmp = atomic_output(out)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_parquet_atomically(with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model), out)
 
 
 @app.command("import")
@@ -107,17 +97,10 @@ def layout_command(
 ) -> None:
     """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776 or LFW."""
     from data.layouts import build_manifest
-    from data.store import atomic_output
-    import os
+    from data.store import write_parquet_atomically
 
     table = build_manifest(kind.value, root)
-    tmp = atomic_output(out)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_parquet_atomically(table, out)
     counts = {s: int(n) for s, n in zip(*np.unique(np.asarray(table.column("split").to_pylist()), return_counts=True))}
     if json_output:
         print_json({"kind": kind.value, "rows": table.num_rows, "splits": counts, "out": str(out)})
