@@ -68,6 +68,18 @@ TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("y", "DOUBLE"),
         ("threshold", "DOUBLE"),
     ],
+    "folds": [
+        ("fold", "BIGINT"),
+        ("start", "BIGINT"),
+        ("stop", "BIGINT"),
+        ("threshold", "DOUBLE"),
+        ("accuracy", "DOUBLE"),
+    ],
+    "epochs": [
+        ("epoch", "BIGINT"),
+        ("lr", "DOUBLE"),
+        ("loss", "DOUBLE"),
+    ],
 }
 
 # Headline metrics copied into the `runs` table: column name -> metric name in metrics.parquet.

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from retrieval.errors import RetrieveError
 
 RUN_FORMAT_VERSION = 1
-RUN_TABLES = ("metrics", "per_query", "rankings", "curves")
+# folds: verify runs (k-fold accuracy); epochs: train runs (per-epoch losses and mining statistics).
+RUN_TABLES = ("metrics", "per_query", "rankings", "curves", "folds", "epochs")
 
 
 def json_safe(value: Any) -> Any:

@@ -15,7 +15,7 @@ import pytest
 from _catalogue_runs import make_evaluate_run, make_verify_run, snapshot
 from retrieval.catalogue import TABLE_COLUMNS, connect
 from retrieval.cli import run
-from retrieval.runs import RUN_TABLES
+from retrieval.runs import RUN_TABLES, write_run
 
 
 def _normal(value):
@@ -61,6 +61,13 @@ def test_views_return_exactly_the_rows_of_the_run_files(workspace: Path):
         assert total == sum(
             pq.read_metadata(p).num_rows for p in workspace.glob(f"*/{name}.parquet")
         )
+
+
+def test_train_runs_epochs_view(tmp_path: Path):
+    epochs = pa.table({"epoch": [1, 2], "lr": [1e-4, 2e-4], "loss": [2.5, 1.9], "active_fraction": [0.8, 0.6]})
+    write_run(tmp_path / "run-t", {"kind": "train", "command": "retrieve train", "parameters": {}}, {"epochs": epochs})
+    rows = connect(tmp_path).execute("SELECT run_id, epoch, loss, active_fraction FROM epochs ORDER BY epoch").fetchall()
+    assert rows == [("run-t", 1, 2.5, 0.8), ("run-t", 2, 1.9, 0.6)]
 
 
 def test_documented_columns_come_first_and_extras_are_kept(workspace: Path):
