@@ -1,0 +1,387 @@
+"""Query–gallery evaluation: blocked distances -> sort-free match ranks -> CMC, mAP, mINP, mAP@R.
+
+``evaluate_ranking`` walks a ``DistanceSource`` one query block at a time and reduces each block
+to per-query results at once; ``evaluate_topk`` scores ranked lists returned by an index. Both
+return a frozen ``RankingResult``. Conventions (protocols.md §1): junk removed before ranking,
+ties ordered by gallery row (a stable sort), queries without a valid match skipped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from eval.average_precision import (
+    AP_VARIANTS,
+    average_precision,
+    average_precision_at_r,
+    inverse_negative_penalty,
+    r_precision,
+)
+from eval.cmc import CMC_MODES, cmc_curve, first_match_ranks, query_cmc_hits, single_gallery_shot_hits
+from eval.distances import DistanceSource, block_rows_for
+from eval.errors import EvaluationError
+from eval.protocol import RankingLabels
+from eval.ranking import match_ranks, ranked_list_match_ranks
+
+ProgressCallback = Callable[[str, int, int], None]
+
+PER_QUERY_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("pid", pa.int64()),
+        ("camid", pa.int64()),
+        ("valid", pa.bool_()),
+        ("ap", pa.float64()),
+        ("inp", pa.float64()),
+        ("first_match_rank", pa.int64()),
+        ("num_matches", pa.int64()),
+        ("r_precision", pa.float64()),
+    ]
+)
+RANKINGS_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("rank", pa.int64()),
+        ("gallery_id", pa.string()),
+        ("distance", pa.float64()),
+        ("is_match", pa.bool_()),
+        ("is_junk", pa.bool_()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RankingResult:
+    """Aggregate metrics (fractions) over the valid queries, per-query table and top rankings.
+
+    ``cmc[i]`` is rank-(i+1). In top-k mode (``topk`` = k) ``mAP`` holds AP over the returned
+    lists (labelled ``mAP@k`` everywhere it is shown), and mINP / mAP@R are NaN unless every
+    valid query's matches (resp. its first R kept items) lie inside its list.
+    """
+
+    mAP: float
+    mINP: float
+    mAP_at_R: float
+    R_precision: float
+    cmc: np.ndarray
+    num_queries: int
+    num_valid_queries: int
+    num_gallery: int
+    protocol: str
+    ap_variant: str
+    metric: str
+    topk: int | None
+    cmc_mode: str
+    per_query: pa.Table = field(repr=False)
+    rankings: pa.Table = field(repr=False)
+
+    @property
+    def ap_key(self) -> str:
+        return "mAP" if self.topk is None else "mAP@k"
+
+    def rank(self, k: int) -> float:
+        """CMC rank-k (fraction)."""
+        return float(self.cmc[k - 1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metric keys of ``retrieve evaluate --json`` (values are fractions)."""
+        out: dict[str, Any] = {
+            "protocol": self.protocol,
+            "ap_variant": self.ap_variant,
+            "metric": self.metric,
+            "cmc_mode": self.cmc_mode,
+            "ties": "gallery row order (stable sort)",
+            "num_queries": self.num_queries,
+            "num_gallery": self.num_gallery,
+            "num_valid_queries": self.num_valid_queries,
+        }
+        if self.topk is not None:
+            out["topk"] = self.topk
+        out[self.ap_key] = _finite_or_none(self.mAP)
+        out["mINP"] = _finite_or_none(self.mINP)
+        out["mAP_at_R"] = _finite_or_none(self.mAP_at_R)
+        out["R_precision"] = _finite_or_none(self.R_precision)
+        out["cmc"] = {str(i + 1): float(v) for i, v in enumerate(self.cmc)}
+        return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+@dataclass
+class _Inputs:
+    """Labels and ids shared by both evaluation modes."""
+
+    labels: RankingLabels
+    query_ids: np.ndarray
+    gallery_ids: np.ndarray
+    query_camid: np.ndarray | None
+
+
+def _prepare(
+    num_queries, num_gallery, query_pid, gallery_pid, query_camid, gallery_camid, protocol, junk_pids,
+    query_ids, gallery_ids, ap_variant, max_rank,
+) -> _Inputs:
+    if ap_variant not in AP_VARIANTS:
+        raise EvaluationError(f"unknown AP variant {ap_variant!r}; expected one of {', '.join(AP_VARIANTS)}")
+    if max_rank < 1:
+        raise EvaluationError(f"max_rank must be at least 1, got {max_rank}")
+    if num_queries == 0:
+        raise EvaluationError("no queries to evaluate (the query set is empty)")
+    if num_gallery == 0:
+        raise EvaluationError("no gallery items to rank (the gallery is empty)")
+    if len(query_pid) != num_queries:
+        raise EvaluationError(f"query pid has {len(query_pid)} entries for {num_queries} queries")
+    if len(gallery_pid) != num_gallery:
+        raise EvaluationError(f"gallery pid has {len(gallery_pid)} entries for {num_gallery} gallery items")
+    labels = RankingLabels(
+        query_pid, gallery_pid, query_camid, gallery_camid,
+        protocol=protocol, junk_pids=junk_pids, query_ids=query_ids, gallery_ids=gallery_ids,
+    )
+    query_ids = _ids(query_ids, num_queries, "q")
+    gallery_ids = _ids(gallery_ids, num_gallery, "g")
+    camid = None if query_camid is None else np.asarray(query_camid, dtype=np.int64)
+    return _Inputs(labels, query_ids, gallery_ids, camid)
+
+
+def _ids(ids: np.ndarray | None, count: int, prefix: str) -> np.ndarray:
+    if ids is None:
+        return np.array([f"{prefix}{i}" for i in range(count)], dtype=object)
+    ids = np.asarray(ids, dtype=object)
+    if len(ids) != count:
+        raise EvaluationError(f"{len(ids)} ids given for {count} items")
+    return ids
+
+
+def evaluate_ranking(
+    source: DistanceSource,
+    query_pid: np.ndarray,
+    gallery_pid: np.ndarray,
+    query_camid: np.ndarray | None = None,
+    gallery_camid: np.ndarray | None = None,
+    *,
+    protocol: str = "market",
+    junk_pids: Iterable[int] = (-1,),
+    ap_variant: str = "standard",
+    query_ids: np.ndarray | None = None,
+    gallery_ids: np.ndarray | None = None,
+    max_rank: int = 50,
+    keep_top: int = 100,
+    cmc_mode: str = "multi-gallery-shot",
+    repeats: int = 10,
+    seed: int = 0,
+    block_rows: int | None = None,
+    metric: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> RankingResult:
+    """Evaluate full rankings of every query against the whole gallery.
+
+    ``source`` yields (b, G) distance blocks; pids (Q,) / (G,); camids needed for ``market``;
+    ids needed for ``leave-one-out`` (and used to label the tables). ``keep_top`` items per
+    query (stable order, junk included and flagged) go to ``rankings``; 0 keeps none.
+    """
+    if cmc_mode not in CMC_MODES:
+        raise EvaluationError(f"unknown CMC mode {cmc_mode!r}; expected one of {', '.join(CMC_MODES)}")
+    Q, G = source.num_queries, source.num_gallery
+    inputs = _prepare(
+        Q, G, query_pid, gallery_pid, query_camid, gallery_camid, protocol, junk_pids,
+        query_ids, gallery_ids, ap_variant, max_rank,
+    )
+    labels = inputs.labels
+    block_rows = block_rows or block_rows_for(G)
+    rank_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    top_parts: list[tuple[int, np.ndarray, np.ndarray]] = []
+    single_shot_parts: list[np.ndarray] = []
+    done = 0
+    for first_row, block in source.blocks(block_rows):
+        if block.shape[1] != G:
+            raise EvaluationError(f"distance block has {block.shape[1]} columns, expected {G} gallery items")
+        ranks = match_ranks(block, first_row, labels, keep_top=keep_top)
+        rank_parts.append((ranks.query, ranks.rank))
+        if keep_top > 0:
+            top_parts.append((first_row, ranks.top_cols, ranks.top_dist))
+        if cmc_mode == "single-gallery-shot":
+            single_shot_parts.append(
+                single_gallery_shot_hits(block, first_row, labels, max_rank=max_rank, repeats=repeats, seed=seed)
+            )
+        done += block.shape[0]
+        if progress is not None:
+            progress("rank", done, Q)
+    query = np.concatenate([p[0] for p in rank_parts]) if rank_parts else np.empty(0, np.int64)
+    rank = np.concatenate([p[1] for p in rank_parts]) if rank_parts else np.empty(0, np.int64)
+    num_relevant = np.bincount(query, minlength=Q).astype(np.int64)
+    single_shot = np.concatenate(single_shot_parts) if single_shot_parts else None
+    return _assemble(
+        inputs, query, rank, num_relevant, num_gallery=G, ap_variant=ap_variant, max_rank=max_rank,
+        metric=metric or getattr(source, "metric", "precomputed"), topk=None, cmc_mode=cmc_mode,
+        rankings=_rankings_table(inputs, top_parts), single_shot_hits=single_shot,
+    )
+
+
+def evaluate_topk(
+    topk_gallery_rows: np.ndarray,
+    topk_distances: np.ndarray,
+    query_pid: np.ndarray,
+    gallery_pid: np.ndarray,
+    query_camid: np.ndarray | None = None,
+    gallery_camid: np.ndarray | None = None,
+    *,
+    protocol: str = "market",
+    junk_pids: Iterable[int] = (-1,),
+    ap_variant: str = "standard",
+    query_ids: np.ndarray | None = None,
+    gallery_ids: np.ndarray | None = None,
+    max_rank: int = 50,
+    keep_top: int = 100,
+    metric: str = "index",
+    progress: ProgressCallback | None = None,
+) -> RankingResult:
+    """Evaluate ranked top-k lists (an index's answers): (Q, k) gallery rows, best first.
+
+    Junk entries are dropped from each list; CMC is exact up to the shortest kept list; AP is
+    (1/min(R, k)) Σ P(r)·rel(r) over the list, R = the query's true matches in the whole gallery.
+    """
+    rows = np.asarray(topk_gallery_rows, dtype=np.int64)
+    dist = np.asarray(topk_distances)
+    if rows.ndim != 2 or dist.shape != rows.shape:
+        raise EvaluationError(f"top-k rows {rows.shape} and distances {dist.shape} must be equal (Q, k) arrays")
+    Q, k = rows.shape
+    G = len(gallery_pid)
+    inputs = _prepare(
+        Q, G, query_pid, gallery_pid, query_camid, gallery_camid, protocol, junk_pids,
+        query_ids, gallery_ids, ap_variant, max_rank,
+    )
+    if k == 0:
+        raise EvaluationError("top-k lists are empty (k = 0)")
+    query, rank, kept_length = ranked_list_match_ranks(rows, 0, inputs.labels)
+    num_relevant = inputs.labels.num_matches()
+    if progress is not None:
+        progress("rank", Q, Q)
+    valid = num_relevant > 0
+    shortest = int(kept_length[valid].min()) if valid.any() else k
+    if shortest == 0:
+        empty = inputs.query_ids[valid & (kept_length == 0)]
+        raise EvaluationError(
+            f"the top-{k} lists of {len(empty)} queries (e.g. {empty[0]}) hold only junk items, so not even "
+            f"rank-1 is known; use a larger k"
+        )
+    keep = min(keep_top, k)
+    return _assemble(
+        inputs, query, rank, num_relevant, num_gallery=G, ap_variant=ap_variant,
+        max_rank=max(1, min(max_rank, shortest)), metric=metric, topk=k, cmc_mode="multi-gallery-shot",
+        rankings=_rankings_table(inputs, [(0, rows[:, :keep], dist[:, :keep])]) if keep else _empty_rankings(),
+        single_shot_hits=None, ap_denominator=np.minimum(num_relevant, k), kept_length=kept_length,
+    )
+
+
+def _assemble(
+    inputs: _Inputs,
+    query: np.ndarray,
+    rank: np.ndarray,
+    num_relevant: np.ndarray,
+    *,
+    num_gallery: int,
+    ap_variant: str,
+    max_rank: int,
+    metric: str,
+    topk: int | None,
+    cmc_mode: str,
+    rankings: pa.Table,
+    single_shot_hits: np.ndarray | None,
+    ap_denominator: np.ndarray | None = None,
+    kept_length: np.ndarray | None = None,
+) -> RankingResult:
+    labels = inputs.labels
+    Q = labels.num_queries
+    valid = num_relevant > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise EvaluationError(
+            f"no valid query: none of the {Q} queries has a true match in the gallery under the "
+            f"{labels.protocol!r} protocol (check the pids, the splits and --protocol)"
+        )
+    ap = average_precision(query, rank, num_relevant, variant=ap_variant, denominator=ap_denominator)
+    inp = inverse_negative_penalty(query, rank, num_relevant)
+    r_prec = r_precision(query, rank, num_relevant)
+    ap_at_r = average_precision_at_r(query, rank, num_relevant)
+    if kept_length is not None:
+        # top-k: R-precision and mAP@R are exact only when the first R kept items were returned
+        incomplete = kept_length < num_relevant
+        r_prec[incomplete] = np.nan
+        ap_at_r[incomplete] = np.nan
+    first = first_match_ranks(query, rank, Q)
+    if single_shot_hits is not None:
+        cmc = cmc_curve(single_shot_hits[valid])
+    else:
+        cmc = cmc_curve(query_cmc_hits(first[valid], max_rank))
+    per_query = pa.table(
+        {
+            "query_id": pa.array([str(i) for i in inputs.query_ids], pa.string()),
+            "pid": pa.array(labels.query_pid, pa.int64()),
+            "camid": pa.array(inputs.query_camid, pa.int64()) if inputs.query_camid is not None else pa.nulls(Q, pa.int64()),
+            "valid": pa.array(valid),
+            "ap": _nullable_float(ap, valid),
+            "inp": _nullable_float(inp, valid),
+            "first_match_rank": pa.array(first, pa.int64(), mask=~valid | (first == 0)),
+            "num_matches": pa.array(num_relevant, pa.int64()),
+            "r_precision": _nullable_float(r_prec, valid),
+        },
+        schema=PER_QUERY_SCHEMA,
+    )
+    return RankingResult(
+        mAP=float(np.mean(ap[valid])),
+        mINP=_mean_or_nan(inp[valid]),
+        mAP_at_R=_mean_or_nan(ap_at_r[valid]),
+        R_precision=_mean_or_nan(r_prec[valid]),
+        cmc=cmc,
+        num_queries=Q,
+        num_valid_queries=num_valid,
+        num_gallery=num_gallery,
+        protocol=labels.protocol,
+        ap_variant=ap_variant,
+        metric=metric,
+        topk=topk,
+        cmc_mode=cmc_mode,
+        per_query=per_query,
+        rankings=rankings,
+    )
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    """Mean, or NaN when any value is unknown (a metric is never silently partial)."""
+    return float(np.mean(values)) if len(values) and not np.isnan(values).any() else float("nan")
+
+
+def _nullable_float(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.float64(), mask=~valid | np.isnan(values))
+
+
+def _empty_rankings() -> pa.Table:
+    return RANKINGS_SCHEMA.empty_table()
+
+
+def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarray]]) -> pa.Table:
+    """Top items per query in stable order, junk included and flagged; rank counts every item."""
+    if not parts:
+        return _empty_rankings()
+    labels = inputs.labels
+    rows = np.concatenate([np.repeat(np.arange(first, first + len(cols)), cols.shape[1]) for first, cols, _ in parts])
+    cols = np.concatenate([c.ravel() for _, c, _ in parts])
+    dist = np.concatenate([d.ravel() for _, _, d in parts]).astype(np.float64)
+    rank = np.concatenate([np.tile(np.arange(1, c.shape[1] + 1), len(c)) for _, c, _ in parts])
+    return pa.table(
+        {
+            "query_id": pa.array(inputs.query_ids[rows].astype(str), pa.string()),
+            "rank": pa.array(rank, pa.int64()),
+            "gallery_id": pa.array(inputs.gallery_ids[cols].astype(str), pa.string()),
+            "distance": pa.array(dist, pa.float64()),
+            "is_match": pa.array(labels.is_match(rows, cols)),
+            "is_junk": pa.array(labels.is_junk(rows, cols)),
+        },
+        schema=RANKINGS_SCHEMA,
+    )
