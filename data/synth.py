@@ -1,12 +1,16 @@
 """Synthetic embeddings at the shapes of the real data sets (performance.md presets), seeded.
 
 Model of an image embedding (then L2-normalised):
-    x = identity centre + camera shift + pose shift + isotropic noise
+    x = identity centre + camera shift + pose shift + latent noise + isotropic noise
 * identity centres come in look-alike groups (a shared group direction plus an own
   direction), so that some negatives are hard, as in real data;
 * the camera shift is shared by every identity seen by that camera, so that
   same-camera negatives come closer (what the same-camera filter is about);
-* ``difficulty`` scales the camera, pose and noise terms (1.0: rank-1 about 0.87 on the market preset).
+* all directions lie in one random 64-dimensional subspace (real embeddings have a low
+  intrinsic dimension), plus a little isotropic noise in the full space;
+* ``difficulty`` scales the camera, pose and noise terms, relative to the preset's own
+  ``base_difficulty`` (1.0 for the re-ID presets; 0.5 for ``million``, which models a
+  well-trained model, the condition under which approximate indexes are judged).
 Gallery extras where the real set has them: distractors (``pid 0``, unrelated images)
 and junk (``pid -1``, failed detections: a weak mix of a random identity and noise).
 
@@ -25,6 +29,12 @@ import numpy as np
 GROUP_SIZE = 8  # identities per look-alike group
 BATCH_ROWS = 50_000
 POSES = 8
+LATENT_DIM = 64
+# Weights of the terms added to an identity centre, at difficulty 1.0.
+CAMERA_WEIGHT = 0.51
+POSE_WEIGHT = 0.51
+LATENT_NOISE_WEIGHT = 0.77
+ISOTROPIC_NOISE_WEIGHT = 0.85
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,9 @@ class Preset:
     cameras: int
     junk_fraction: float = 0.0
     distractor_fraction: float = 0.0
+    # Noise scale at --difficulty 1.0. The index-scale preset models a well-trained model
+    # (identities clearly apart), the condition under which approximate indexes are judged.
+    base_difficulty: float = 1.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -44,7 +57,7 @@ PRESETS: dict[str, Preset] = {
     "market": Preset("market", 3_368, 15_913, 2_048, 750, 6, junk_fraction=0.06, distractor_fraction=0.15),
     "msmt17": Preset("msmt17", 11_659, 82_161, 2_048, 3_060, 15),
     "veri": Preset("veri", 1_678, 11_579, 2_048, 200, 20),
-    "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50),
+    "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50, base_difficulty=0.5),
 }
 
 
@@ -104,39 +117,57 @@ def _unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Directions:
+    """Unit directions in the embedding space, all drawn inside one low-dimensional latent subspace."""
+
+    basis: np.ndarray  # (d, L) orthonormal: the latent subspace
     centres: np.ndarray  # (identities + 1, d); row 0 unused
     cameras: np.ndarray  # (cameras + 1, d)
     poses: np.ndarray  # (POSES, d)
 
 
+def latent_dim(dim: int) -> int:
+    # Real embeddings have a low intrinsic dimension: identities spread over a few dozen
+    # directions, so that neighbourhoods (and index cells) are well defined at any d.
+    return min(dim, LATENT_DIM)
+
+
 def draw_directions(preset: Preset, seed: int) -> Directions:
     rng = np.random.default_rng([seed, 1])
+    latent = latent_dim(preset.dim)
+    basis, _ = np.linalg.qr(rng.standard_normal((preset.dim, latent)))
+    basis = basis.astype(np.float32)
     n_groups = -(-preset.identities // GROUP_SIZE)
-    groups = _unit_rows(rng, n_groups, preset.dim)
-    own = _unit_rows(rng, preset.identities + 1, preset.dim)
+    groups = _unit_rows(rng, n_groups, latent)
+    own = _unit_rows(rng, preset.identities + 1, latent)
     group_of = np.r_[0, np.arange(preset.identities) // GROUP_SIZE]
     centres = 0.6 * groups[group_of] + 0.8 * own
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    return Directions(centres, _unit_rows(rng, preset.cameras + 1, preset.dim), _unit_rows(rng, POSES, preset.dim))
+    return Directions(
+        basis,
+        centres @ basis.T,
+        _unit_rows(rng, preset.cameras + 1, latent) @ basis.T,
+        _unit_rows(rng, POSES, latent) @ basis.T,
+    )
 
 
 def draw_vectors(directions: Directions, pid: np.ndarray, camid: np.ndarray, difficulty: float,
                  rng: np.random.Generator) -> np.ndarray:
     """Vectors for one batch of planned rows (unit L2 norm, float32)."""
-    n, dim = len(pid), directions.centres.shape[1]
+    n, (dim, latent) = len(pid), directions.basis.shape
     base = np.empty((n, dim), np.float32)
     true = pid > 0
     base[true] = directions.centres[pid[true]]
     distractor = pid == 0
-    base[distractor] = _unit_rows(rng, int(distractor.sum()), dim)
+    base[distractor] = _unit_rows(rng, int(distractor.sum()), latent) @ directions.basis.T
     junk = pid < 0
     if junk.any():
         random_ids = rng.integers(1, len(directions.centres), size=int(junk.sum()))
-        base[junk] = 0.5 * directions.centres[random_ids] + _unit_rows(rng, int(junk.sum()), dim)
+        base[junk] = 0.5 * directions.centres[random_ids] + _unit_rows(rng, int(junk.sum()), latent) @ directions.basis.T
     pose = directions.poses[rng.integers(0, POSES, size=n)] * rng.uniform(0, 1, size=(n, 1)).astype(np.float32)
-    # Isotropic noise concentrates in high dimension; this scale keeps a difficulty comparable across dims.
-    noise = _unit_rows(rng, n, dim) * (dim / 128) ** 0.33
-    x = base + difficulty * (0.63 * directions.cameras[camid] + 0.58 * pose + 1.09 * noise)
+    latent_noise = _unit_rows(rng, n, latent) @ directions.basis.T
+    isotropic_noise = _unit_rows(rng, n, dim)
+    x = base + difficulty * (CAMERA_WEIGHT * directions.cameras[camid] + POSE_WEIGHT * pose
+                             + LATENT_NOISE_WEIGHT * latent_noise + ISOTROPIC_NOISE_WEIGHT * isotropic_noise)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32, copy=False)
 
@@ -160,7 +191,7 @@ def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: 
             stop = min(start + batch_rows, len(plan))
             rng = np.random.default_rng([seed, 2, batch])
             pid, camid, split = plan.pid[start:stop], plan.camid[start:stop], plan.split[start:stop]
-            vectors = draw_vectors(directions, pid, camid, difficulty, rng)
+            vectors = draw_vectors(directions, pid, camid, difficulty * preset.base_difficulty, rng)
             writer.write(row_ids(split, start, preset.queries), vectors, pid=pid, camid=camid.astype(np.int32),
                          split=split_names[split])
             if progress is not None:
