@@ -15,18 +15,13 @@ import numpy as np
 import typer
 
 from retrieval.cli.app import app
+from retrieval.cli.choices import DeviceName, ProtocolName
 
 
 class MetricName(str, Enum):
     euclidean = "euclidean"
     sqeuclidean = "sqeuclidean"
     cosine = "cosine"
-
-
-class ProtocolName(str, Enum):
-    market = "market"
-    no_camera = "no-camera"
-    leave_one_out = "leave-one-out"
 
 
 class ApName(str, Enum):
@@ -37,12 +32,6 @@ class ApName(str, Enum):
 class CmcModeName(str, Enum):
     multi = "multi-gallery-shot"
     single = "single-gallery-shot"
-
-
-class DeviceName(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class RerankDistanceName(str, Enum):

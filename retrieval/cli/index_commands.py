@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import typer
 
 from retrieval.cli.app import app
+from retrieval.cli.choices import DeviceName
 from retrieval.console import err_console, print_json, stdout_console
 from retrieval.progress import stage_progress
 
@@ -31,12 +32,6 @@ class MetricName(str, Enum):
     l2 = "l2"
     ip = "ip"
     cosine = "cosine"
-
-
-class DeviceName(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def _has_split_column(path: Path) -> bool:

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import typer
 
 from retrieval.cli.app import app
+from retrieval.cli.choices import DeviceName
 from retrieval.runs import json_safe
 
 TRAIN_LAYOUTS = ("market", "duke", "msmt17", "veri", "folders")
@@ -65,7 +66,7 @@ def train_command(
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Base channel width (default 64 for resnet, 32 for small-cnn)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A state-dict file to start the backbone from (ResNet names: conv1, layer1…)."),
     lr: float = typer.Option(3.5e-4, "--lr", min=0.0, help="Base learning rate of Adam (warm-up and step decay scaled to --epochs)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, sampling and augmentations."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Evaluate on the query/gallery split every N epochs and at the end (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
@@ -80,8 +81,6 @@ def train_command(
         raise typer.BadParameter(f"unknown backbone {backbone!r}; choose small-cnn or resnet", param_hint="--backbone")
     if depth is not None and depth not in (10, 18, 34):
         raise typer.BadParameter("ResNet depth must be 10, 18 or 34", param_hint="--depth")
-    if device not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter("choose auto, cpu or cuda", param_hint="--device")
     from retrieval.train.combine import parse_loss_spec
 
     try:
@@ -98,7 +97,7 @@ def train_command(
 
     config = TrainConfig(
         model_dir=str(out), dataset=source_dataset, layout=kind, root=root, loss=loss, epochs=epochs, p=p, k=k,
-        image_size=size, backbone=backbone, depth=depth, width=width, lr=lr, device=device, seed=seed,
+        image_size=size, backbone=backbone, depth=depth, width=width, lr=lr, device=device.value, seed=seed,
         eval_every=eval_every, weights=None if weights is None else str(weights), resume=resume,
         workspace=None if workspace is None else str(workspace), command=shlex.join(["retrieve", *sys.argv[1:]]),
     )
@@ -127,7 +126,7 @@ def embed_command(
     layout: Optional[Tuple[str, Path]] = typer.Option(None, "--layout", metavar="KIND ROOT", help="Images of a data set layout (as for train)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A built-in data set: digits."),
     feature: str = typer.Option("post-bn", "--feature", help="post-bn (after the BNNeck, default) or pre-bn; L2-normalised."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {out, rows, dim, feature, normalized, model, device}."),
 ) -> None:
@@ -135,8 +134,6 @@ def embed_command(
     source_dataset, kind, root = _source(layout, dataset)
     if feature not in ("post-bn", "pre-bn"):
         raise typer.BadParameter("choose post-bn or pre-bn", param_hint="--feature")
-    if device not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter("choose auto, cpu or cuda", param_hint="--device")
     from retrieval.train import require_torch
 
     require_torch()
@@ -145,7 +142,7 @@ def embed_command(
 
     with stage_progress(quiet=as_json) as progress:
         result = embed_to_file(model_dir, out, dataset=source_dataset, layout=kind, root=root, feature=feature,
-                               device=device, batch_size=batch_size, progress=progress)
+                               device=device.value, batch_size=batch_size, progress=progress)
     if as_json:
         _print_json(result)
     else:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import typer
 
 from retrieval.cli.app import app
+from retrieval.cli.choices import DeviceName, ProtocolName
 from retrieval.console import err_console, print_json, stdout_console
 from retrieval.errors import RetrieveError
 from retrieval.progress import stage_progress
@@ -39,18 +40,6 @@ class ThresholdGrid(str, Enum):
 
 class TrialsKind(str, Enum):
     query_gallery = "query-gallery"
-
-
-class TrialProtocol(str, Enum):
-    market = "market"
-    no_camera = "no-camera"
-    leave_one_out = "leave-one-out"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 # ----------------------------------------------------------------------------- the pairs file
@@ -202,9 +191,9 @@ def verify_command(
     far: str = typer.Option("1e-1,1e-2,1e-3", "--far", help="Comma-separated FAR targets for TAR@FAR."),
     query_split: str = typer.Option("query", "--query-split", help="With --trials: split of the queries."),
     gallery_split: str = typer.Option("gallery", "--gallery-split", help="With --trials: split of the gallery."),
-    protocol: TrialProtocol = typer.Option(TrialProtocol.market, "--protocol", help="With --trials: junk rules (as retrieve evaluate)."),
+    protocol: ProtocolName = typer.Option(ProtocolName.market, "--protocol", help="With --trials: junk rules (as retrieve evaluate)."),
     junk_pids: str = typer.Option("-1", "--junk-pids", help="With --trials: comma-separated junk identities."),
-    device: Device = typer.Option(Device.auto, "--device", help="With --trials: where distances are computed."),
+    device: DeviceName = typer.Option(DeviceName.auto, "--device", help="With --trials: where distances are computed."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fractions)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: a new folder in the workspace)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace folder (default $RETRIEVE_WORKSPACE or ./retrieve-runs)."),
