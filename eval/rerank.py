@@ -1,0 +1,444 @@
+"""k-reciprocal re-ranking (Zhong, Zheng, Cao, Li, CVPR 2017), exact and sparse: O(N·k) memory.
+
+The steps are those of protocols.md §3, over the N = Q + G items (queries and gallery together):
+
+1. original distance D = squared euclidean (``distance="toolkit"``: that squared distance squared
+   again, as the PyTorch toolkits that feed a squared distance into the reference code do), each
+   row divided by its maximum over all N items: d(i, j) = D(i, j) / max_l D(i, l);
+2. initial ranking: the k1 + 1 nearest items of every item (itself included), ties by row index;
+3. k-reciprocal sets R(i, k1) = {j in top-(k1+1)(i) : i in top-(k1+1)(j)};
+4. expansion: R(j, kh) with kh = round(k1 / 2) (Python's round: half to even, round(2.5) = 2) is
+   added when |R(j, kh) ∩ R(i, k1)| > 2/3 |R(j, kh)| (tested as 3·|∩| > 2·|R|, exactly);
+5. V[i, j] = exp(-d(i, j)) on R*(i), each row normalised to sum 1;
+6. local query expansion: V[i] <- mean of V[j] over the k2 nearest j of i (its initial ranking);
+7. Jaccard distance d_J = 1 - m / (2 - m), m = sum_j min(V[q, j], V[g, j]) over the shared support;
+8. final distance (1 - λ)·d_J + λ·d for query rows × gallery columns.
+
+Only neighbour lists (N × (k1+1)) and the sparse rows of V are kept; the Q × G result is produced
+block by block (:meth:`RerankedDistances.blocks`) and never built whole unless :meth:`dense` is
+called. Sets and weights are computed in float64 from float32 GEMM distances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from eval.errors import EvaluationError
+from indexes.knn import exact_knn, exact_knn_between, squared_distance_blocks
+
+ProgressCallback = Callable[[str, int, int], None]
+
+DISTANCES = ("squared", "toolkit")
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+_TRIPLES_PER_CHUNK = 2_000_000  # bounds the Jaccard step's temporary arrays (~60 bytes each)
+_BLOCK_BYTES = 64 * 1024 * 1024  # one float64 block of final distances (a few temporaries of its size)
+_KEEP_QUERY_GALLERY_BYTES = 1024**3  # keep the query × gallery distances of the neighbour pass up to this
+_PAIRS_PER_CHUNK = 8_192  # bounds the gathered rows when computing d(i, j) on the sets
+
+
+def half_k(k1: int) -> int:
+    """round(k1 / 2) as the reference code computes it (round half to even: 5 -> 2, 3 -> 2, 7 -> 4)."""
+    return int(round(k1 / 2))
+
+
+@dataclass(frozen=True)
+class NeighbourhoodGraph:
+    """What re-ranking keeps of the N items: sparse V rows and each row's normalising maximum.
+
+    ``v`` is (N, n_graph) CSR: row i is item i's (query-expanded) weight vector over the items in
+    the graph (an item left out of the graph has an empty row). ``row_max`` (N,) is the largest
+    original distance D of the row over the items in the graph (the step 1 normaliser).
+    """
+
+    v: sp.csr_matrix
+    row_max: np.ndarray
+    query_gallery: np.ndarray | None = None  # (Q, G) float32 squared distances, when kept
+
+
+class RerankedDistances:
+    """Re-ranked query × gallery distances, a DistanceSource (smaller = closer).
+
+    ``exclude_from_graph`` (bool, Q + G) leaves items out of the neighbourhood graph: they are no
+    one's neighbour, have no neighbourhood themselves (d_J = 1 to and from them), and the row
+    maxima of step 1 are taken over the items that remain; for the remaining items the result is
+    that of re-ranking the data without the excluded ones. By default every item takes part.
+    """
+
+    def __init__(
+        self,
+        query_vectors: np.ndarray,
+        gallery_vectors: np.ndarray,
+        *,
+        k1: int = 20,
+        k2: int = 6,
+        lambda_: float = 0.3,
+        distance: str = "squared",
+        metric: str = "euclidean",
+        exclude_from_graph: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        device: str = "cpu",
+    ):
+        query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        gallery_vectors = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
+        _check_shapes(query_vectors, gallery_vectors)
+        n_items = len(query_vectors) + len(gallery_vectors)
+        in_graph = _graph_mask(exclude_from_graph, n_items)
+        _check_parameters(k1, k2, lambda_, distance, metric, int(in_graph.sum()))
+        if device not in ("cpu", "cuda", "auto"):
+            raise EvaluationError(f"unknown device {device!r}: expected cpu, cuda or auto")
+        vectors = np.concatenate([query_vectors, gallery_vectors])
+        if metric == "cosine":  # 2 - 2 cos is the squared euclidean distance of unit vectors
+            vectors = _l2_normalise(vectors)
+        self.num_queries = len(query_vectors)
+        self.num_gallery = len(gallery_vectors)
+        self.k1, self.k2, self.lambda_ = int(k1), int(k2), float(lambda_)
+        self.distance, self.metric, self.device = distance, metric, device
+        self.in_graph = in_graph
+        self._vectors = vectors
+        self._progress = progress
+        self._graph: NeighbourhoodGraph | None = None
+        self._gallery_v: sp.csc_matrix | None = None
+
+    @property
+    def params(self) -> dict:
+        return {"k1": self.k1, "k2": self.k2, "lambda": self.lambda_, "distance": self.distance}
+
+    @property
+    def graph(self) -> NeighbourhoodGraph:
+        """The neighbourhood graph, built on first use (the expensive part: one pass over N × N)."""
+        if self._graph is None:
+            self._graph = build_graph(
+                self._vectors, self.k1, self.k2, power=_power(self.distance), in_graph=self.in_graph,
+                device=self.device, progress=self._progress, num_queries=self.num_queries,
+            )
+            self._gallery_v = self._graph.v[self.num_queries:].tocsc()
+        return self._graph
+
+    def blocks(self, block_rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first query row, (b, G) float64 final distances)`` for blocks of query rows.
+
+        Blocks have at most ``block_rows`` rows, fewer when that many would exceed 64 MB.
+        """
+        block_rows = max(1, min(block_rows, _BLOCK_BYTES // (8 * self.num_gallery)))
+        graph = self.graph
+        power = _power(self.distance)
+        for start, squared in self._squared_blocks(block_rows):
+            stop = start + squared.shape[0]
+            d = _normalised(squared, graph.row_max[start:stop], power)
+            del squared
+            d *= self.lambda_
+            jaccard = jaccard_distance(graph.v[start:stop], self._gallery_v)
+            jaccard *= 1.0 - self.lambda_
+            jaccard += d
+            del d
+            if self._progress is not None:
+                self._progress("jaccard", stop, self.num_queries)
+            yield start, jaccard
+
+    def _squared_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Query-block × gallery squared distances: kept from the neighbour pass, or computed."""
+        kept = self.graph.query_gallery
+        if kept is not None:
+            for start in range(0, self.num_queries, block_rows):
+                yield start, kept[start:start + block_rows]
+            return
+        queries = self._vectors[: self.num_queries]
+        gallery = self._vectors[self.num_queries:]
+        yield from squared_distance_blocks(queries, gallery, block_rows, self.device)
+
+    def dense(self, block_rows: int = 256) -> np.ndarray:
+        """The whole (Q, G) re-ranked matrix: for small data and tests."""
+        out = np.empty((self.num_queries, self.num_gallery), dtype=np.float64)
+        for start, block in self.blocks(block_rows):
+            out[start:start + len(block)] = block
+        return out
+
+
+def build_graph(
+    vectors: np.ndarray,
+    k1: int,
+    k2: int,
+    *,
+    power: int = 1,
+    in_graph: np.ndarray | None = None,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    num_queries: int = 0,
+) -> NeighbourhoodGraph:
+    """Steps 1–6 for all N rows of ``vectors`` (float32), with the items of ``in_graph`` only.
+
+    With ``num_queries`` = Q > 0 (rows 0..Q−1 are the queries), all items in the graph and the
+    (Q, N − Q) block within budget, the query × gallery distances of the neighbour pass are kept
+    for step 8 instead of being computed a second time.
+    """
+    n_items = len(vectors)
+    members = np.arange(n_items) if in_graph is None else np.flatnonzero(in_graph)
+    x = vectors if len(members) == n_items else vectors[members]  # no copy when all take part
+    keeper = None
+    if 0 < num_queries < n_items and len(members) == n_items:
+        if 4 * num_queries * (n_items - num_queries) <= _KEEP_QUERY_GALLERY_BYTES:
+            keeper = _QueryGalleryKeeper(num_queries, n_items)
+    nearest_sq, neighbours, row_max_graph = exact_knn(
+        x, k1 + 1, metric="sqeuclidean", device=device, progress=progress, with_row_max=True,
+        on_panel=None if keeper is None else keeper.take,
+    )
+    neighbours = neighbours.astype(np.int32)
+    expanded = expanded_reciprocal_sets(neighbours, k1)
+    if progress is not None:
+        progress("sets", 1, 1)
+    weights = reciprocal_weights(x, expanded, row_max_graph, power, known=(neighbours, nearest_sq))
+    expanded_v = local_query_expansion(weights, neighbours[:, :k2])
+    if progress is not None:
+        progress("expansion", 1, 1)
+    row_max = np.zeros(n_items, dtype=np.float64)
+    row_max[members] = row_max_graph
+    left_out = np.setdiff1d(np.arange(n_items), members)
+    if len(left_out):  # their own row maxima, over the items in the graph
+        _, _, row_max[left_out] = exact_knn_between(
+            vectors[left_out], x, 1, device=device, with_row_max=True
+        )
+    return NeighbourhoodGraph(
+        v=_rows_to_items(expanded_v, members, n_items), row_max=row_max,
+        query_gallery=None if keeper is None else keeper.result(),
+    )
+
+
+class _QueryGalleryKeeper:
+    """Copies the query rows × gallery columns out of the neighbour pass's distance panels."""
+
+    def __init__(self, num_queries: int, n_items: int):
+        self.num_queries = num_queries
+        self.matrix = np.empty((num_queries, n_items - num_queries), dtype=np.float32)
+        self.filled = np.zeros(num_queries, dtype=bool)
+
+    def take(self, first_row: int, first_column: int, panel: np.ndarray) -> None:
+        stop = min(first_row + panel.shape[0], self.num_queries)
+        if first_row >= stop or first_column > self.num_queries:
+            return
+        self.matrix[first_row:stop] = panel[: stop - first_row, self.num_queries - first_column:]
+        self.filled[first_row:stop] = True
+
+    def result(self) -> np.ndarray | None:
+        return self.matrix if self.filled.all() else None  # e.g. a device path that does not report
+
+
+def reciprocal_mask(neighbours: np.ndarray, k: int) -> np.ndarray:
+    """(N, k+1) bool: whether neighbours[i, r] (r ≤ k) has i among its own k + 1 nearest."""
+    top = neighbours[:, : k + 1]
+    own = np.arange(len(top), dtype=top.dtype)[:, None, None]
+    mask = np.empty(top.shape, dtype=bool)
+    for s in range(0, len(top), 8192):  # bounds the (rows, k+1, k+1) comparison
+        mask[s:s + 8192] = (top[top[s:s + 8192]] == own[s:s + 8192]).any(axis=2)
+    return mask
+
+
+def expanded_reciprocal_sets(neighbours: np.ndarray, k1: int) -> sp.csr_matrix:
+    """R*(i) as an (N, N) 0/1 CSR matrix with sorted column indices (steps 3 and 4)."""
+    n = len(neighbours)
+    kh = half_k(k1)
+    sets = _membership(neighbours[:, : k1 + 1], reciprocal_mask(neighbours, k1), n)
+    halves = _membership(neighbours[:, : kh + 1], reciprocal_mask(neighbours, kh), n)
+    half_sizes = np.diff(halves.indptr)
+    # overlap[i, j] = |R(i, k1) ∩ R(j, kh)|, needed only for candidates j in R(i, k1)
+    overlap = (sets @ halves.T).multiply(sets).tocsr()
+    overlap.eliminate_zeros()
+    rows = np.repeat(np.arange(n), np.diff(overlap.indptr))
+    accepted = 3 * overlap.data > 2 * half_sizes[overlap.indices]  # |∩| > 2/3 |R(j, kh)|, exactly
+    added = sp.csr_matrix(
+        (np.ones(int(accepted.sum()), dtype=np.int32), (rows[accepted], overlap.indices[accepted])),
+        shape=(n, n),
+    )
+    union = (sets + added @ halves).tocsr()
+    union.data[:] = 1
+    union.sort_indices()
+    return union
+
+
+def reciprocal_weights(
+    x: np.ndarray, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None
+) -> sp.csr_matrix:
+    """Step 5: V[i, j] = exp(-d(i, j)) on R*(i), rows normalised to sum 1 (float64).
+
+    ``known`` = (neighbours (N, k), their squared distances (N, k)): pairs found there are not
+    recomputed (most of R*(i) lies in i's own neighbour list); the others are.
+    """
+    rows = np.repeat(np.arange(sets.shape[0]), np.diff(sets.indptr))
+    cols = sets.indices
+    squared = np.empty(len(rows), dtype=np.float64)
+    found = np.zeros(len(rows), dtype=bool)
+    if known is not None:
+        found, values = _lookup_pairs(rows, cols, *known)
+        squared[found] = values
+    squared[~found] = pair_squared_distances(x, rows[~found], cols[~found])
+    weights = np.exp(-_normalised(squared, row_max[rows], power))
+    sums = np.bincount(rows, weights=weights, minlength=sets.shape[0])
+    weights /= sums[rows]
+    return sp.csr_matrix((weights, cols.copy(), sets.indptr.copy()), shape=sets.shape)
+
+
+def local_query_expansion(v: sp.csr_matrix, nearest: np.ndarray) -> sp.csr_matrix:
+    """Step 6: V[i] <- mean of V[j] over the k2 nearest j of i (``nearest`` is (N, k2))."""
+    n, k2 = nearest.shape
+    if k2 == 1:  # no expansion (protocol: k2 > 1 only)
+        return v
+    averaging = sp.csr_matrix(
+        (np.full(n * k2, 1.0 / k2), nearest.ravel(), np.arange(0, n * k2 + 1, k2)), shape=(n, n)
+    )
+    out = (averaging @ v).tocsr()
+    out.sort_indices()
+    return out
+
+
+def jaccard_distance(vq: sp.csr_matrix, vg: sp.csc_matrix) -> np.ndarray:
+    """Step 7 for a block of query rows against all gallery rows: (b, G) float64.
+
+    ``vq`` (b, C) CSR holds the query rows of V, ``vg`` (G, C) CSC the gallery rows; m is summed
+    over the query's support only, gathered from the gallery columns that share it.
+    """
+    m = shared_min_sums(vq, vg)
+    denominator = 2.0 - m
+    np.divide(m, denominator, out=m)
+    del denominator
+    np.subtract(1.0, m, out=m)
+    return m
+
+
+def shared_min_sums(vq: sp.csr_matrix, vg: sp.csc_matrix) -> np.ndarray:
+    """m[q, g] = sum_j min(vq[q, j], vg[g, j]) over j where both are non-zero: (b, G) float64."""
+    b, n_gallery = vq.shape[0], vg.shape[0]
+    out = np.zeros((b, n_gallery), dtype=np.float64)
+    col_start, col_len = vg.indptr[:-1], np.diff(vg.indptr)
+    entry_cum = np.concatenate(([0], np.cumsum(col_len[vq.indices])))
+    row_cum = entry_cum[vq.indptr]  # (b + 1,) triples before each query row
+    s = 0
+    while s < b:  # chunks of query rows whose expansion stays within the triple budget
+        e = int(np.searchsorted(row_cum, row_cum[s] + _TRIPLES_PER_CHUNK, side="right")) - 1
+        e = min(max(e, s + 1), b)
+        _accumulate_min_sums(vq, vg, s, e, col_start, col_len, out)
+        s = e
+    return out
+
+
+def _accumulate_min_sums(vq, vg, s, e, col_start, col_len, out):
+    lo, hi = vq.indptr[s], vq.indptr[e]
+    entries = vq.indices[lo:hi]
+    lengths = col_len[entries]
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    query_row = np.repeat(np.arange(s, e), np.diff(vq.indptr[s:e + 1]))
+    ends = np.cumsum(lengths)
+    positions = np.arange(total) + np.repeat(col_start[entries] - (ends - lengths), lengths)
+    minima = np.minimum(np.repeat(vq.data[lo:hi], lengths), vg.data[positions])
+    flat = np.repeat(query_row - s, lengths) * out.shape[1] + vg.indices[positions]
+    out[s:e] += np.bincount(flat, weights=minima, minlength=(e - s) * out.shape[1]).reshape(e - s, -1)
+
+
+def pair_squared_distances(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Squared euclidean distances of the row pairs (rows[p], cols[p]) (float64, self pairs 0)."""
+    norms = np.einsum("ij,ij->i", x, x, dtype=np.float32).astype(np.float64)
+    out = np.empty(len(rows), dtype=np.float64)
+    for s in range(0, len(rows), _PAIRS_PER_CHUNK):
+        r, c = rows[s:s + _PAIRS_PER_CHUNK], cols[s:s + _PAIRS_PER_CHUNK]
+        dots = np.einsum("ij,ij->i", x[r], x[c], dtype=np.float32)
+        out[s:s + len(r)] = norms[r] + norms[c] - 2.0 * dots
+    np.maximum(out, 0.0, out=out)
+    out[rows == cols] = 0.0
+    return out
+
+
+def _lookup_pairs(rows, cols, neighbours, distances):
+    """For pairs (rows[p], cols[p]): whether each is in the neighbour lists, and its distance there."""
+    n = np.int64(len(neighbours))
+    list_keys = (np.arange(n)[:, None] * n + neighbours).ravel()
+    order = np.argsort(list_keys, kind="stable")
+    sorted_keys = list_keys[order]
+    keys = rows.astype(np.int64) * n + cols
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    found = sorted_keys[pos] == keys
+    return found, distances.ravel()[order[pos[found]]].astype(np.float64)
+
+
+def _membership(top: np.ndarray, keep: np.ndarray, n: int) -> sp.csr_matrix:
+    """(N, N) 0/1 CSR with row i holding top[i, r] where keep[i, r]."""
+    rows = np.repeat(np.arange(n), keep.sum(axis=1))
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, top[keep])), shape=(n, n))
+    m.sum_duplicates()
+    return m
+
+
+def _rows_to_items(v: sp.csr_matrix, members: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """Place the graph's rows at their item positions; items outside the graph get empty rows."""
+    if len(members) == n_items:
+        return v
+    counts = np.zeros(n_items, dtype=np.int64)
+    counts[members] = np.diff(v.indptr)
+    indptr = np.concatenate(([0], np.cumsum(counts)))
+    return sp.csr_matrix((v.data, v.indices, indptr), shape=(n_items, v.shape[1]))
+
+
+def _normalised(squared: np.ndarray, row_max: np.ndarray, power: int) -> np.ndarray:
+    """d = D / row max with D = squared (power 1) or squared² (power 2, the toolkit convention)."""
+    d = np.asarray(squared, dtype=np.float64)
+    if power == 2:
+        d = d * d
+        row_max = row_max * row_max
+    safe = np.where(row_max > 0, row_max, 1.0)  # all items identical: every distance is 0
+    if d.ndim == 2:
+        return d / safe[:, None]
+    return d / safe
+
+
+def _power(distance: str) -> int:
+    return 2 if distance == "toolkit" else 1
+
+
+def _graph_mask(exclude: np.ndarray | None, n_items: int) -> np.ndarray:
+    if exclude is None:
+        return np.ones(n_items, dtype=bool)
+    exclude = np.asarray(exclude)
+    if exclude.dtype != bool or exclude.shape != (n_items,):
+        raise EvaluationError(
+            f"exclude_from_graph must be a boolean mask over the {n_items} query + gallery items, "
+            f"got dtype {exclude.dtype} and shape {exclude.shape}"
+        )
+    return ~exclude
+
+
+def _check_shapes(queries: np.ndarray, gallery: np.ndarray) -> None:
+    if queries.ndim != 2 or gallery.ndim != 2:
+        raise EvaluationError("re-ranking needs 2-D query and gallery vector arrays")
+    if queries.shape[1] != gallery.shape[1]:
+        raise EvaluationError(
+            f"query vectors have dimension {queries.shape[1]} but gallery vectors {gallery.shape[1]}"
+        )
+    if len(queries) == 0 or len(gallery) == 0:
+        raise EvaluationError("re-ranking needs at least one query and one gallery item")
+
+
+def _check_parameters(k1, k2, lambda_, distance, metric, n_graph) -> None:
+    if not isinstance(k1, (int, np.integer)) or k1 < 1:
+        raise EvaluationError(f"k1 must be an integer ≥ 1, got {k1!r}")
+    if not isinstance(k2, (int, np.integer)) or k2 < 1:
+        raise EvaluationError(f"k2 must be an integer ≥ 1, got {k2!r}")
+    if k2 > k1:
+        raise EvaluationError(f"k2 must not exceed k1 (k2 = {k2}, k1 = {k1})")
+    if k1 >= n_graph:
+        raise EvaluationError(
+            f"k1 must be smaller than the number of items in the re-ranking graph ({n_graph}), got {k1}"
+        )
+    if not 0.0 <= float(lambda_) <= 1.0:
+        raise EvaluationError(f"lambda must be within [0, 1], got {lambda_!r}")
+    if distance not in DISTANCES:
+        raise EvaluationError(f"unknown re-ranking distance {distance!r}: expected squared or toolkit")
+    if metric not in METRICS:
+        raise EvaluationError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
