@@ -9,7 +9,7 @@ Model of an image embedding (then L2-normalised):
 * all directions lie in one random 64-dimensional subspace (real embeddings have a low
   intrinsic dimension), plus a little isotropic noise in the full space;
 * ``difficulty`` scales the camera, pose and noise terms, relative to the preset's own
-  ``base_difficulty`` (1.0 for the re-ID presets; 0.5 for ``million``, which models a
+  ``base_difficulty`` (1.0 for the re-ID presets; 0.25 for ``million``, which models a
   well-trained model, the condition under which approximate indexes are judged).
 Gallery extras where the real set has them: distractors (``pid 0``, unrelated images)
 and junk (``pid -1``, failed detections: a weak mix of a random identity and noise).
@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
     "market": Preset("market", 3_368, 15_913, 2_048, 750, 6, junk_fraction=0.06, distractor_fraction=0.15),
     "msmt17": Preset("msmt17", 11_659, 82_161, 2_048, 3_060, 15),
     "veri": Preset("veri", 1_678, 11_579, 2_048, 200, 20),
-    "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50, base_difficulty=0.5),
+    "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50, base_difficulty=0.25),
 }
 
 
