@@ -307,7 +307,8 @@ def _pct(value: Optional[float]) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
 
 
-def print_table(final, plain, cmc_ranks: list[int], ci: Optional[dict], run_dir: Path) -> None:
+def print_table(final, plain, cmc_ranks: list[int], ci: Optional[dict], run_dir: Path,
+                rerank_params: Optional[dict] = None) -> None:
     from rich.table import Table
 
     from retrieval.console import err_console, stdout_console
@@ -321,6 +322,9 @@ def print_table(final, plain, cmc_ranks: list[int], ci: Optional[dict], run_dir:
         title += f" · top-{final.topk} lists"
     if final.cmc_mode != "multi-gallery-shot":
         title += f" · CMC {final.cmc_mode}"
+    if rerank_params:
+        title += (f" · re-ranked k1={rerank_params['k1']} k2={rerank_params['k2']} "
+                  f"λ={rerank_params['lambda']} ({rerank_params['distance']} distance)")
     table = Table(title=title, title_justify="left")
     table.add_column("metric (%)")
     if reranked:
@@ -466,7 +470,7 @@ def evaluate_command(
     if json_out:
         print_json(result)
     else:
-        print_table(final, plain, ranks, interval, run_dir)
+        print_table(final, plain, ranks, interval, run_dir, result["rerank"])
 
 
 def command_line(ctx: typer.Context) -> str:
