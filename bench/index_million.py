@@ -63,9 +63,12 @@ def make_data(gallery: int, queries: int, dim: int, identities: int, noise: floa
 
 def make_synth_file(gallery: int, queries: int, dim: int, identities: int, seed: int, folder: Path) -> Path:
     """The data.synth generator at the million preset's shape, scaled; returns the Parquet path."""
-    from data.synth import Preset, generate
+    from dataclasses import replace
 
-    preset = Preset(f"million-{gallery}", queries, gallery, dim, identities, 50)
+    from data.synth import PRESETS, generate
+
+    preset = replace(PRESETS["million"], name=f"million-{gallery}", queries=queries, gallery=gallery, dim=dim,
+                     identities=identities)
     return generate(preset, seed, folder / "embeddings.parquet")
 
 
