@@ -394,7 +394,7 @@ def evaluate_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace folder (default: $RETRIEVE_WORKSPACE or ./retrieve-runs)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (values as fractions) instead of the table."),
 ) -> None:
-    """Evaluate queries against a gallery: CMC, mAP, mINP, mAP@R (protocols.md §1; ties by gallery row order)."""
+    """Evaluate queries against a gallery: CMC, mAP, mINP, mAP@R (Market-1501 protocol by default; ties by gallery row order)."""
     from eval.evaluate import evaluate_ranking
     from eval.distances import EmbeddingDistances, resolve_device
     from retrieval.console import print_json
