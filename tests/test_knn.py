@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from indexes.errors import FaissIndexError
 from indexes.knn import exact_knn, exact_knn_between, stable_smallest_k
+from _gpu import requires_cuda
 
 
 def brute_force(queries, base, k):
@@ -81,16 +82,8 @@ def test_bad_arguments():
         exact_knn(x, 2, device="tpu")
 
 
-def _cuda():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU with torch")
+@requires_cuda
 def test_cuda_same_lists_as_cpu():
     x = np.random.default_rng(3).integers(-3, 4, size=(500, 8)).astype(np.float32)
     d_cpu, i_cpu = exact_knn(x, 11, block_rows=128)

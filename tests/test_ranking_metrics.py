@@ -16,6 +16,7 @@ from eval.distances import EmbeddingDistances, PrecomputedDistances
 from eval.errors import EvaluationError
 from eval.evaluate import evaluate_ranking, evaluate_topk
 from eval.ranking import top_k_columns
+from _gpu import requires_cuda
 
 GOLDEN = Path(__file__).parent / "data" / "reid_small"
 
@@ -383,14 +384,6 @@ def test_top_k_columns_equals_stable_argsort(rows, cols, k, seed):
 # ----------------------------------------------------------------------------- GPU
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 def test_torch_path_equals_numpy_path_on_cpu():
     """The GPU code path, run with torch on the CPU: the same distances as the BLAS path."""
     pytest.importorskip("torch")
@@ -404,7 +397,7 @@ def test_torch_path_equals_numpy_path_on_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+@requires_cuda
 def test_gpu_equals_cpu(reid_small):
     d = reid_small
     results = [

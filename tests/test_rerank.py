@@ -22,6 +22,7 @@ from eval.rerank import (
     half_k,
     jaccard_distance,
 )
+from _gpu import requires_cuda
 
 DATA = Path(__file__).parent / "data" / "reid_small"
 
@@ -301,16 +302,8 @@ def test_is_a_distance_source():
     assert (source.num_queries, source.num_gallery) == (5, 25)
 
 
-def _cuda():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU with torch")
+@requires_cuda
 def test_cuda_gives_the_cpu_result(reid_small, reid_small_reranked):
     vectors, is_query, *_ = reid_small
     gpu = RerankedDistances(vectors[is_query], vectors[~is_query], device="cuda").dense()

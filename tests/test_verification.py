@@ -32,6 +32,7 @@ from eval.verification import (
     roc_metrics,
     eer_at_closest_threshold,
 )
+from _gpu import requires_cuda
 
 GOLDEN = Path(__file__).parent / "data" / "verification_pairs"
 
@@ -426,16 +427,8 @@ def test_trials_shape_mismatch_is_an_error():
         query_gallery_verification(PrecomputedDistances(np.zeros((2, 2))), labels)
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+@requires_cuda
 def test_query_gallery_trials_on_gpu_distances_equal_full_sort():
     """CUDA distance blocks: the counting path is exact on whatever distances the GPU returns."""
     from eval.distances import EmbeddingDistances
