@@ -29,6 +29,9 @@ from eval.ranking import match_ranks, ranked_list_match_ranks
 
 ProgressCallback = Callable[[str, int, int], None]
 
+# Top-k mode: what AP@k divides by (see evaluate_topk).
+TOPK_AP_DENOMINATORS = ("in-list", "min-r-k")
+
 PER_QUERY_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
@@ -78,6 +81,7 @@ class RankingResult:
     cmc_mode: str
     per_query: pa.Table = field(repr=False)
     rankings: pa.Table = field(repr=False)
+    topk_ap: str | None = None  # top-k mode: which AP@k denominator (TOPK_AP_DENOMINATORS)
 
     @property
     def ap_key(self) -> str:
@@ -101,6 +105,7 @@ class RankingResult:
         }
         if self.topk is not None:
             out["topk"] = self.topk
+            out["topk_ap"] = self.topk_ap
         out[self.ap_key] = _finite_or_none(self.mAP)
         out["mINP"] = _finite_or_none(self.mINP)
         out["mAP_at_R"] = _finite_or_none(self.mAP_at_R)
@@ -239,13 +244,19 @@ def evaluate_topk(
     max_rank: int = 50,
     keep_top: int = 100,
     metric: str = "index",
+    topk_ap: str = "in-list",
     progress: ProgressCallback | None = None,
 ) -> RankingResult:
     """Evaluate ranked top-k lists (an index's answers): (Q, k) gallery rows, best first.
 
-    Junk entries are dropped from each list; CMC is exact up to the shortest kept list; AP is
-    (1/min(R, k)) Σ P(r)·rel(r) over the list, R = the query's true matches in the whole gallery.
+    Junk entries are dropped from each list; CMC is exact up to the shortest kept list; AP@k is
+    Σ P(r)·rel(r) over the list divided by (``topk_ap``) ``in-list``: the true matches found in
+    the list (AP of protocols §1 with the returned list as the ranking, as pytorch-metric-learning
+    computes it; 0 when the list holds none), or ``min-r-k``: min(R, k), R = the query's true
+    matches in the whole gallery (the recommender-systems AP@k).
     """
+    if topk_ap not in TOPK_AP_DENOMINATORS:
+        raise EvaluationError(f"unknown top-k AP denominator {topk_ap!r}; expected one of {', '.join(TOPK_AP_DENOMINATORS)}")
     rows = np.asarray(topk_gallery_rows, dtype=np.int64)
     dist = np.asarray(topk_distances)
     if rows.ndim != 2 or dist.shape != rows.shape:
@@ -275,8 +286,17 @@ def evaluate_topk(
         inputs, query, rank, num_relevant, num_gallery=G, ap_variant=ap_variant,
         max_rank=max(1, min(max_rank, shortest)), metric=metric, topk=k, cmc_mode="multi-gallery-shot",
         rankings=_rankings_table(inputs, [(0, rows[:, :keep], dist[:, :keep])]) if keep else _empty_rankings(),
-        single_shot_hits=None, ap_denominator=np.minimum(num_relevant, k), kept_length=kept_length,
+        single_shot_hits=None, ap_denominator=_topk_ap_denominator(topk_ap, query, num_relevant, k),
+        kept_length=kept_length, topk_ap=topk_ap,
     )
+
+
+def _topk_ap_denominator(topk_ap: str, query: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    if topk_ap == "min-r-k":
+        return np.minimum(num_relevant, k)
+    found = np.bincount(query, minlength=len(num_relevant))
+    # a valid query whose list holds no true match scores AP 0 (0 / 1), not "unknown"
+    return np.where(num_relevant > 0, np.maximum(found, 1), 0)
 
 
 def _assemble(
@@ -295,6 +315,7 @@ def _assemble(
     single_shot_hits: np.ndarray | None,
     ap_denominator: np.ndarray | None = None,
     kept_length: np.ndarray | None = None,
+    topk_ap: str | None = None,
 ) -> RankingResult:
     labels = inputs.labels
     Q = labels.num_queries
@@ -349,6 +370,7 @@ def _assemble(
         cmc_mode=cmc_mode,
         per_query=per_query,
         rankings=rankings,
+        topk_ap=topk_ap,
     )
 
 

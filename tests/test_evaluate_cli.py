@@ -210,7 +210,13 @@ def test_index_topk_mode(capsys, tmp_path):
     assert result["mAP@k"] == pytest.approx(EXPECTED["mAP_standard"], abs=1e-6)
     assert result["cmc"]["1"] == pytest.approx(EXPECTED["cmc_standard"]["1"], abs=1e-6)
     short = run_json(capsys, EMB, "--index", str(tmp_path / "idx"), "--k", "10", "--out", str(tmp_path / "r2"))
-    assert short["topk"] == 10 and len(short["cmc"]) <= 10 and short["mAP@k"] < EXPECTED["mAP_standard"]
+    assert short["topk"] == 10 and len(short["cmc"]) <= 10 and short["topk_ap"] == "in-list"
+    # min(R, k) never divides by less than the matches found in the list: it is the stricter AP@k,
+    # below the full mAP for a short list; the CMC is the same under both
+    strict = run_json(capsys, EMB, "--index", str(tmp_path / "idx"), "--k", "10", "--topk-ap", "min-r-k",
+                      "--out", str(tmp_path / "r3"))
+    assert strict["topk_ap"] == "min-r-k" and strict["mAP@k"] < EXPECTED["mAP_standard"]
+    assert strict["mAP@k"] <= short["mAP@k"] and strict["cmc"] == short["cmc"]
     metrics = {m["metric"] for m in read_run_table(tmp_path / "r2", "metrics").to_pylist()}
     assert "mAP@k" in metrics and "mAP" not in metrics
     # an index built from other embeddings is refused

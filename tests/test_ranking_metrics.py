@@ -318,8 +318,8 @@ def test_sort_free_ranking_equals_full_stable_sort(case):
 
 
 @settings(max_examples=150, deadline=None)
-@given(ranking_cases(), st.integers(1, 16))
-def test_topk_mode_equals_brute_force_on_the_list(case, k):
+@given(ranking_cases(), st.integers(1, 16), st.sampled_from(["in-list", "min-r-k"]))
+def test_topk_mode_equals_brute_force_on_the_list(case, k, topk_ap):
     distances, qpid, gpid, qcam, gcam, protocol, junk, qids, gids, _, _ = case
     expected = brute_force(distances, qpid, gpid, qcam, gcam, protocol, junk, qids, gids)
     if not any(e is not None for e in expected):
@@ -334,7 +334,7 @@ def test_topk_mode_equals_brute_force_on_the_list(case, k):
 
     run = lambda: evaluate_topk(  # noqa: E731
         order, np.take_along_axis(distances, order, axis=1), qpid, gpid, qcam, gcam,
-        protocol=protocol, junk_pids=junk, query_ids=qids, gallery_ids=gids,
+        protocol=protocol, junk_pids=junk, query_ids=qids, gallery_ids=gids, topk_ap=topk_ap,
     )
     if any(e is not None and all(junk_item(i, c) for c in order[i]) for i, e in enumerate(expected)):
         with pytest.raises(EvaluationError, match="only junk"):
@@ -342,6 +342,7 @@ def test_topk_mode_equals_brute_force_on_the_list(case, k):
         return
     result = run()
     assert result.topk == k and "mAP@k" in result.to_dict() and "mAP" not in result.to_dict()
+    assert result.to_dict()["topk_ap"] == topk_ap
     aps, firsts = [], []
     for i, e in enumerate(expected):
         if e is None:
@@ -357,7 +358,8 @@ def test_topk_mode_equals_brute_force_on_the_list(case, k):
                 j += 1
                 ap_sum += j / kept_rank
                 firsts[-1] = firsts[-1] or kept_rank
-        aps.append(ap_sum / min(e["R"], k))
+        # in-list: AP of the returned list as a ranking (0 without a match); min-r-k: / min(R, k)
+        aps.append(ap_sum / (max(j, 1) if topk_ap == "in-list" else min(e["R"], k)))
     assert result.mAP == pytest.approx(np.mean(aps))
     assert 1 <= len(result.cmc) <= k
     for r in range(1, len(result.cmc) + 1):
@@ -411,3 +413,21 @@ def test_gpu_equals_cpu(reid_small):
         assert gpu.mAP == pytest.approx(cpu.mAP, abs=1e-6)
         assert gpu.mINP == pytest.approx(cpu.mINP, abs=1e-6)
         np.testing.assert_allclose(gpu.cmc, cpu.cmc, atol=1e-6)
+
+
+def test_topk_ap_denominators_by_hand():
+    # one query (pid 1); its top-3 list holds pids 2, 1, 3: one true match, at rank 2.
+    # The gallery holds R = 3 true matches. Σ P(r)·rel(r) = 1/2.
+    rows = np.array([[0, 1, 2]])
+    distances = np.array([[0.1, 0.2, 0.3]])
+    gallery_pid = np.array([2, 1, 3, 1, 1])
+    common = dict(protocol="no-camera", junk_pids=())
+    in_list = evaluate_topk(rows, distances, np.array([1]), gallery_pid, **common)
+    assert in_list.mAP == pytest.approx(0.5)  # / 1 match found in the list
+    min_r_k = evaluate_topk(rows, distances, np.array([1]), gallery_pid, topk_ap="min-r-k", **common)
+    assert min_r_k.mAP == pytest.approx(0.5 / 3)  # / min(R = 3, k = 3)
+    # a list without any true match scores 0 under both conventions
+    miss = evaluate_topk(np.array([[0, 2]]), np.array([[0.1, 0.3]]), np.array([1]), gallery_pid, **common)
+    assert miss.mAP == 0.0
+    with pytest.raises(EvaluationError, match="top-k AP denominator"):
+        evaluate_topk(rows, distances, np.array([1]), gallery_pid, topk_ap="bogus", **common)

@@ -34,6 +34,11 @@ class CmcModeName(str, Enum):
     single = "single-gallery-shot"
 
 
+class TopkApName(str, Enum):
+    in_list = "in-list"
+    min_r_k = "min-r-k"
+
+
 class RerankDistanceName(str, Enum):
     squared = "squared"
     toolkit = "toolkit"
@@ -148,7 +153,7 @@ def protocol_kwargs(sets: EvalSets, protocol: str, junk: tuple[int, ...], ap: st
 
 
 def run_index_stage(sets: EvalSets, index_dir: Path, k: int, nprobe: Optional[int], metric: Optional[str],
-                    device: str, protocol: str, junk, ap: str, max_rank: int, progress):
+                    device: str, protocol: str, junk, ap: str, max_rank: int, progress, topk_ap: str = "in-list"):
     """Search the index with the queries and score its top-k lists (AP labelled mAP@k)."""
     from eval.evaluate import evaluate_topk
     from indexes.store import load_index
@@ -179,7 +184,7 @@ def run_index_stage(sets: EvalSets, index_dir: Path, k: int, nprobe: Optional[in
         found, distances, q.pid, gallery_pid, q.camid if protocol == "market" else None, gallery_camid,
         protocol=protocol, junk_pids=junk, ap_variant=ap, query_ids=q.ids,
         gallery_ids=np.asarray(rows.column("id").to_pylist(), dtype=object), max_rank=max_rank, keep_top=KEEP_TOP,
-        metric=index_distance_name(handle.metric, handle.is_exact), progress=progress,
+        metric=index_distance_name(handle.metric, handle.is_exact), topk_ap=topk_ap, progress=progress,
     )
 
 
@@ -388,6 +393,7 @@ def evaluate_command(
     index: Optional[Path] = typer.Option(None, "--index", help="Evaluate an index's top-k lists instead of full rankings (AP labelled mAP@k)."),
     k: int = typer.Option(100, "--k", min=1, help="With --index: list length."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="With --index: IVF cells probed (default: the index's)."),
+    topk_ap: TopkApName = typer.Option(TopkApName.in_list, "--topk-ap", help="With --index: AP@k divides by the matches found in the list (in-list) or by min(R, k) (min-r-k)."),
     ci: Optional[float] = typer.Option(None, "--ci", help="Bootstrap confidence level for mAP and rank-1 over queries, e.g. 0.95."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of single-gallery-shot sampling."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: a new folder in the workspace)."),
@@ -423,7 +429,7 @@ def evaluate_command(
         clock = time.perf_counter()
         if index is not None:
             plain = run_index_stage(sets, index, k, nprobe, metric.value if metric else None, device.value,
-                                    protocol.value, junk, ap.value, max_rank, progress)
+                                    protocol.value, junk, ap.value, max_rank, progress, topk_ap.value)
             timings["index_search_and_rank"] = time.perf_counter() - clock
         else:
             source = EmbeddingDistances(sets.queries.vectors, sets.gallery.vectors, metric=distance, device=compute_device)
@@ -455,7 +461,7 @@ def evaluate_command(
         "junk_pids": list(junk), "ap": ap.value, "cmc_ranks": ranks, "cmc_mode": cmc_mode.value, "repeats": repeats,
         "device": device.value, "compute_device": compute_device, "rerank": rerank, "k1": k1, "k2": k2,
         "lambda": lam, "rerank_distance": rerank_distance.value, "rerank_exclude_junk": rerank_exclude_junk,
-        "index": str(index) if index else None, "k": k if index else None, "nprobe": nprobe, "ci": ci, "seed": seed,
+        "index": str(index) if index else None, "k": k if index else None, "nprobe": nprobe, "topk_ap": topk_ap.value if index else None, "ci": ci, "seed": seed,
     }
     inputs = {
         "embeddings": str(embeddings), "content_hash": sets.file_hash,
