@@ -42,6 +42,18 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def library_versions() -> dict[str, str]:
+    """The versions a run record keeps: retrieve, Python, numpy, pyarrow."""
+    import platform
+
+    import numpy as np
+
+    from retrieval import __version__
+
+    return {"retrieve": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "pyarrow": pa.__version__}
+
+
 def write_run(run_dir: Path | str, record: Mapping[str, Any], tables: Mapping[str, pa.Table]) -> Path:
     """Write ``run.json`` (``record`` plus format version, run id, time) and the tables, atomically.
 

@@ -291,14 +291,6 @@ def run_tables(final, plain, cmc_ranks: list[int]) -> dict:
     return {"metrics": metrics, "per_query": per_query, "rankings": final.rankings, "curves": curves}
 
 
-def _versions() -> dict:
-    import platform
-
-    from retrieval import __version__
-
-    return {"retrieve": __version__, "python": platform.python_version(), "numpy": np.__version__}
-
-
 # ----------------------------------------------------------------------------- printing
 
 
@@ -405,7 +397,7 @@ def evaluate_command(
     from eval.distances import EmbeddingDistances, resolve_device
     from retrieval.console import print_json
     from retrieval.progress import stage_progress
-    from retrieval.runs import write_run
+    from retrieval.runs import library_versions, write_run
     from retrieval.workspace import new_run_dir
 
     ranks = parse_cmc_ranks(cmc_ranks)
@@ -469,7 +461,7 @@ def evaluate_command(
     }
     record = {
         "kind": "evaluate", "command": command_line(ctx), "parameters": parameters, "inputs": inputs,
-        "versions": _versions(), "timings": timings, "result": result,
+        "versions": library_versions(), "timings": timings, "result": result,
     }
     write_run(run_dir, record, run_tables(final, plain, ranks))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -176,17 +175,6 @@ def results_table(handle, query_ids: np.ndarray, query_pid, distances: np.ndarra
     return pa.table(table)
 
 
-def _write_parquet_atomic(table: pa.Table, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _index_summary(handle) -> dict:
     m = handle.manifest
     return {"path": str(handle.path), "factory": m["factory"], "metric": m["metric"], "dim": m["dim"], "count": m["count"],
@@ -225,7 +213,9 @@ def search_command(
     timings["search"] = time.perf_counter() - started
     table = results_table(handle, query_emb.ids, query_emb.pid, found.distances, found.rows)
     if out is not None:
-        _write_parquet_atomic(table.select(["query_id", "rank", "gallery_id", "distance", "gallery_pid", "gallery_camid"]), out)
+        from data.store import write_parquet_atomically
+
+        write_parquet_atomically(table.select(["query_id", "rank", "gallery_id", "distance", "gallery_pid", "gallery_camid"]), out)
     run_dir = new_run_dir(workspace, "search")
     result = {
         "kind": "search",

@@ -225,7 +225,7 @@ def verify_command(
         else:
             result, inputs = _verify_trials(embeddings, options, timings, progress)
 
-    from retrieval.runs import write_run
+    from retrieval.runs import library_versions, write_run
     from retrieval.workspace import new_run_dir
 
     run_dir = out if out is not None else new_run_dir(workspace, "verify")
@@ -237,7 +237,7 @@ def verify_command(
         "command": _command_line(embeddings, options),
         "parameters": parameters,
         "inputs": inputs,
-        "versions": _versions(),
+        "versions": library_versions(),
         "timings": timings,
         "result": summary,
     }
@@ -326,12 +326,6 @@ def _command_line(embeddings: Path, options: dict[str, Any]) -> str:
                   "--protocol", options["protocol"], "--junk-pids", ",".join(str(p) for p in options["junk_pids"])]
     parts += ["--distance", options["distance"], "--far", ",".join(repr(x) for x in options["far"])]
     return shlex.join(parts)
-
-
-def _versions() -> dict[str, str]:
-    from retrieval import __version__
-
-    return {"retrieve": __version__, "numpy": np.__version__, "pyarrow": pa.__version__}
 
 
 def _metrics_table(result) -> pa.Table:
