@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.store import read_embeddings
-from data.synth import generate
-from eval.distances import EmbeddingDistances, block_rows_for
-from eval.evaluate import evaluate_ranking
+from retrieval.data.store import read_embeddings
+from retrieval.data.synth import generate
+from retrieval.eval.distances import EmbeddingDistances, block_rows_for
+from retrieval.eval.evaluate import evaluate_ranking
 
 RESULTS = Path(__file__).parent / "results" / "eval.json"
 

@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexes.store import build_index  # noqa: E402
-from indexes.tuning import recall_at_k  # noqa: E402
+from retrieval.indexes.store import build_index  # noqa: E402
+from retrieval.indexes.tuning import recall_at_k  # noqa: E402
 
 
 def clustered_unit_vectors(rows: int, dim: int, centres: np.ndarray, noise: float, rng, chunk: int = 100_000):
@@ -65,7 +65,7 @@ def make_synth_file(gallery: int, queries: int, dim: int, identities: int, seed:
     """The data.synth generator at the million preset's shape, scaled; returns the Parquet path."""
     from dataclasses import replace
 
-    from data.synth import PRESETS, generate
+    from retrieval.data.synth import PRESETS, generate
 
     preset = replace(PRESETS["million"], name=f"million-{gallery}", queries=queries, gallery=gallery, dim=dim,
                      identities=identities)
@@ -79,7 +79,7 @@ class FileGallery:
         self.path = path
 
     def __call__(self):
-        from data.store import iter_embedding_batches
+        from retrieval.data.store import iter_embedding_batches
 
         return iter_embedding_batches(self.path, batch_rows=65536, splits="gallery")
 
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         t0 = time.perf_counter()
         if args.data == "synth":
-            from data.store import read_embeddings
+            from retrieval.data.store import read_embeddings
 
             path = make_synth_file(args.gallery, args.queries, args.dim, identities, args.seed, workdir)
             gallery = FileGallery(path)

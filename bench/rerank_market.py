@@ -1,6 +1,6 @@
 """k-reciprocal re-ranking at data-set shape: ours (sparse, eval.rerank) vs the dense reference.
 
-Synthetic preset from data.synth (seed 0, L2-normalised float32, 2,048-D):
+Synthetic preset from retrieval.data.synth (seed 0, L2-normalised float32, 2,048-D):
 * ``--preset market`` (3,368 queries + 15,913 gallery): ``ours`` and ``dense``
   (bench/rerank_dense_reference.py, dense N × N arrays), each in its own child process; the
   metrics (Market protocol, k1 = 20, k2 = 6, λ = 0.3) must agree to 1e-6 and the distances of
@@ -51,10 +51,10 @@ def rss_mb(field: str) -> float:
 
 
 def run_contender(name: str, data: Path, out_dir: Path) -> None:
-    from data.store import read_embeddings
-    from eval.distances import PrecomputedDistances
-    from eval.evaluate import evaluate_ranking
-    from eval.rerank import RerankedDistances
+    from retrieval.data.store import read_embeddings
+    from retrieval.eval.distances import PrecomputedDistances
+    from retrieval.eval.evaluate import evaluate_ranking
+    from retrieval.eval.rerank import RerankedDistances
 
     emb = read_embeddings(data)
     is_query = emb.split == "query"
@@ -118,7 +118,7 @@ def ensure_data(preset: str, data: Path | None) -> Path:
         return data
     path = Path(tempfile.gettempdir()) / f"retrieve_bench_{preset}_seed0.parquet"
     if not path.exists():
-        from data.synth import generate
+        from retrieval.data.synth import generate
 
         generate(preset, 0, path)
     return path

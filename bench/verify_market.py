@@ -85,7 +85,7 @@ def full_sort_roc(distances: np.ndarray, same: np.ndarray, keep: np.ndarray, far
 
 
 def label(far: float) -> str:
-    from eval.verification import far_label
+    from retrieval.eval.verification import far_label
 
     return far_label(far)
 
@@ -94,16 +94,16 @@ def label(far: float) -> str:
 
 
 def load(data: Path):
-    from data.store import read_embeddings
+    from retrieval.data.store import read_embeddings
 
     emb = read_embeddings(data)
     return emb.by_split("query"), emb.by_split("gallery")
 
 
 def contender(name: str, data: Path) -> dict:
-    from eval.distances import EmbeddingDistances
-    from eval.protocol import RankingLabels
-    from eval.verification import query_gallery_verification
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.protocol import RankingLabels
+    from retrieval.eval.verification import query_gallery_verification
 
     query, gallery = load(data)
     source = EmbeddingDistances(query.vectors, gallery.vectors, metric="sqeuclidean", device="cpu")
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         return 0
 
     if not args.data.exists():
-        from data.synth import generate
+        from retrieval.data.synth import generate
 
         print(f"generating the market preset into {args.data} ...", file=sys.stderr)
         generate("market", 0, args.data)

@@ -14,8 +14,8 @@ from typing import Mapping
 import numpy as np
 import pyarrow as pa
 
-from data.errors import DataError
-from data.store import embeddings_table
+from retrieval.data.errors import DataError
+from retrieval.data.store import embeddings_table
 
 # The keys the common re-ID baselines write into their .mat feature exports.
 MAT_SPLIT_KEYS = {
@@ -191,7 +191,7 @@ def import_manifest(source: Path, vectors_file: Path, keys: ArrayKeys) -> pa.Tab
 
 def _manifest_vectors(vectors_file: Path, keys: ArrayKeys) -> np.ndarray:
     if vectors_file.suffix == ".parquet":
-        from data.store import read_embeddings
+        from retrieval.data.store import read_embeddings
 
         return read_embeddings(vectors_file).vectors
     loaded = np.load(vectors_file, allow_pickle=False)

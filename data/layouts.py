@@ -24,7 +24,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from data.errors import DataError
+from retrieval.data.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 LAYOUT_KINDS = ("market", "duke", "msmt17", "veri", "lfw")

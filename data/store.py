@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data import schema
-from data.errors import DataError
+from retrieval.data import schema
+from retrieval.data.errors import DataError
 
 SHOW_FIRST = 5  # how many offending ids an error message lists
 
@@ -379,9 +379,13 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
 
 
 def _creator() -> str:
-    from retrieval import __version__  # lazy: data/ does not depend on retrieval at import time
+    # The installed distribution's version: data/ imports nothing from the layers above it.
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"retrieve {__version__}"
+    try:
+        return f"retrieve {version('retrieve')}"
+    except PackageNotFoundError:
+        return "retrieve"
 
 
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None, paths=None,

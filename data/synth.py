@@ -179,7 +179,7 @@ def row_ids(split: np.ndarray, start: int, queries: int) -> list[str]:
 def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: float = 1.0,
              batch_rows: int = BATCH_ROWS, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Write a synthetic embeddings file for a preset (streamed in batches, atomically)."""
-    from data.store import EmbeddingsWriter
+    from retrieval.data.store import EmbeddingsWriter
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     plan = plan_rows(preset, seed)

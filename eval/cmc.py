@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.protocol import RankingLabels
+from retrieval.eval.protocol import RankingLabels
 
 CMC_MODES = ("multi-gallery-shot", "single-gallery-shot")
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from eval.errors import EvaluationError
+from retrieval.eval.errors import EvaluationError
 
 # Resample indices are drawn in chunks of about this many int64 values (~64 MB).
 _CHUNK_VALUES = 8_000_000

@@ -13,7 +13,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from eval.errors import EvaluationError
+from retrieval.eval.errors import EvaluationError
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 DEVICES = ("auto", "cpu", "cuda")

@@ -14,18 +14,18 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from eval.average_precision import (
+from retrieval.eval.average_precision import (
     AP_VARIANTS,
     average_precision,
     average_precision_at_r,
     inverse_negative_penalty,
     r_precision,
 )
-from eval.cmc import CMC_MODES, cmc_curve, first_match_ranks, query_cmc_hits, single_gallery_shot_hits
-from eval.distances import DistanceSource, block_rows_for
-from eval.errors import EvaluationError
-from eval.protocol import RankingLabels
-from eval.ranking import match_ranks, ranked_list_match_ranks
+from retrieval.eval.cmc import CMC_MODES, cmc_curve, first_match_ranks, query_cmc_hits, single_gallery_shot_hits
+from retrieval.eval.distances import DistanceSource, block_rows_for
+from retrieval.eval.errors import EvaluationError
+from retrieval.eval.protocol import RankingLabels
+from retrieval.eval.ranking import match_ranks, ranked_list_match_ranks
 
 ProgressCallback = Callable[[str, int, int], None]
 

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from eval.errors import EvaluationError
+from retrieval.eval.errors import EvaluationError
 
 PROTOCOLS = ("market", "no-camera", "leave-one-out")
 

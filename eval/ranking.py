@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.errors import EvaluationError
-from eval.protocol import RankingLabels
+from retrieval.eval.errors import EvaluationError
+from retrieval.eval.protocol import RankingLabels
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from eval.errors import EvaluationError
-from indexes.knn import exact_knn, exact_knn_between, squared_distance_blocks
+from retrieval.eval.errors import EvaluationError
+from retrieval.indexes.knn import exact_knn, exact_knn_between, squared_distance_blocks
 
 ProgressCallback = Callable[[str, int, int], None]
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from eval.errors import EvaluationError
+from retrieval.eval.errors import EvaluationError
 
 DISTANCES = ("sqeuclidean", "cosine")
 THRESHOLD_GRIDS = ("exact", "lfw")

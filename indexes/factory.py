@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from indexes.errors import FaissIndexError
+from retrieval.indexes.errors import FaissIndexError
 
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 METRICS = ("l2", "ip", "cosine")

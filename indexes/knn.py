@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from indexes.errors import FaissIndexError
+from retrieval.indexes.errors import FaissIndexError
 
 ProgressCallback = Callable[[str, int, int], None]
 

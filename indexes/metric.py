@@ -12,8 +12,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from indexes.errors import FaissIndexError
-from indexes.factory import METRICS
+from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.factory import METRICS
 
 # Names other parts of the project use for the same conventions (eval's metric names).
 METRIC_ALIASES = {

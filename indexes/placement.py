@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexes.errors import FaissIndexError
+from retrieval.indexes.errors import FaissIndexError
 
 DEVICES = ("auto", "cpu", "cuda")
 GPU_MAX_K = 2048  # faiss GPU indexes refuse k (and nprobe) above this

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from indexes.errors import FaissIndexError
-from indexes.metric import distances_from_faiss, exact_distances, prepare_vectors
+from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.metric import distances_from_faiss, exact_distances, prepare_vectors
 
 RERANK_MIN_MARGIN = 16  # extra candidates fetched for the exact re-ranking
 RERANK_BLOCK_BYTES = 64 << 20
@@ -215,7 +215,7 @@ def candidate_count(k: int, count: int, rerank: bool, cap: int | None = None) ->
 
 def exact_search(gallery: np.ndarray, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by brute force (a faiss IndexFlat + exact re-ranking): the ground truth for recall."""
-    from indexes.metric import faiss_metric
+    from retrieval.indexes.metric import faiss_metric
 
     g = prepare_vectors(gallery, metric, what="gallery")
     q = check_queries(queries, g.shape[1], metric)

@@ -28,17 +28,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexes.errors import FaissIndexError
-from indexes.factory import (
+from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.factory import (
     IndexSpec,
     check_trainable,
     default_train_size,
     spec_for_factory,
     spec_for_kind,
 )
-from indexes.faiss_output import captured_stderr_lines, faiss_warnings
-from indexes.metric import METRIC_ALIASES, check_metric_name, faiss_metric, prepare_vectors
-from indexes.placement import (
+from retrieval.indexes.faiss_output import captured_stderr_lines, faiss_warnings
+from retrieval.indexes.metric import METRIC_ALIASES, check_metric_name, faiss_metric, prepare_vectors
+from retrieval.indexes.placement import (
     FAISS_CPU,
     FAISS_GPU,
     GPU_MAX_K,
@@ -49,7 +49,7 @@ from indexes.placement import (
     resolve_placement,
     torch_cuda_available,
 )
-from indexes.search import (
+from retrieval.indexes.search import (
     SearchResult,
     candidate_count,
     check_k,

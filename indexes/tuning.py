@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexes.errors import FaissIndexError
-from indexes.search import check_k, exact_search
+from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.search import check_k, exact_search
 
 
 @dataclass(frozen=True)

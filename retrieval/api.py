@@ -106,7 +106,7 @@ class EvaluationResult:
 
         ``metric``: mAP (or mAP@k), mINP or rank-k; see ``eval.confidence`` for the method.
         """
-        from eval.confidence import bootstrap_mean_interval
+        from retrieval.eval.confidence import bootstrap_mean_interval
 
         table = self.final.per_query.filter(self.final.per_query["valid"])
         if metric in ("mAP", "mAP@k"):
@@ -258,8 +258,8 @@ def evaluate(
     leave-one-out when the queries are gallery items, else no-camera. ``rerank=True`` adds the
     k-reciprocal stage (k1, k2, lambda_); the plain stage is kept in the result.
     """
-    from eval.distances import EmbeddingDistances
-    from eval.evaluate import evaluate_ranking
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.evaluate import evaluate_ranking
 
     queries = labelled(query_embeddings, query_pid, query_camid, query_ids, "queries")
     gallery = labelled(gallery_embeddings, gallery_pid, gallery_camid, gallery_ids, "gallery")
@@ -278,7 +278,7 @@ def evaluate(
                   "max_rank": max_rank, "keep_top": keep_top, **{k: v for k, v in evaluator_options.items()}}
     if not rerank:
         return EvaluationResult(final=plain, plain=plain, rerank=None, parameters=parameters)
-    from eval.rerank import RerankedDistances
+    from retrieval.eval.rerank import RerankedDistances
 
     reranked_source = RerankedDistances(
         queries.vectors, gallery.vectors, k1=k1, k2=k2, lambda_=lambda_, distance=rerank_distance,

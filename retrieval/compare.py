@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.confidence import paired_bootstrap_delta
+from retrieval.eval.confidence import paired_bootstrap_delta
 from retrieval.catalogue import RunFolder, final_stage_rows, resolve_run
 from retrieval.errors import RetrieveError
 from retrieval.runs import read_run_table

@@ -1,8 +1,8 @@
 """The error classes that mean "the user gave us something wrong" (exit 1, one line)."""
 
-from data.errors import DataError
-from eval.errors import EvaluationError
-from indexes.errors import FaissIndexError
+from retrieval.data.errors import DataError
+from retrieval.eval.errors import EvaluationError
+from retrieval.indexes.errors import FaissIndexError
 
 
 class RetrieveError(Exception):

@@ -55,7 +55,7 @@ class Gallery:
     @classmethod
     def from_parquet(cls, path: Path | str, split: str | None = "gallery", metric: str = "euclidean") -> "Gallery":
         """The rows of one split of an embeddings file (``split=None``: every row)."""
-        from data.store import read_embeddings
+        from retrieval.data.store import read_embeddings
 
         pool = read_embeddings(path)
         gallery = pool.by_split(split) if split is not None else pool
@@ -68,8 +68,8 @@ class Gallery:
         ``embeddings`` defaults to the file recorded in the index manifest. Without a readable
         source the gallery can still be searched (with vectors) and evaluated in top-k mode.
         """
-        from data.store import read_embeddings
-        from indexes.store import load_index
+        from retrieval.data.store import read_embeddings
+        from retrieval.indexes.store import load_index
 
         handle = load_index(index_dir, device=device)
         metric = _INDEX_METRICS.get(handle.metric, handle.metric)
@@ -115,7 +115,7 @@ class Gallery:
             if text in pool_splits:
                 return labelled(self._pool.by_split(text))
             if Path(text).suffix == ".parquet" and Path(text).is_file():
-                from data.store import read_embeddings
+                from retrieval.data.store import read_embeddings
 
                 emb = read_embeddings(text)
                 return labelled(emb.by_split("query") if emb.split is not None and "query" in set(emb.split.tolist()) else emb)
@@ -141,7 +141,7 @@ class Gallery:
         if self.index is not None:
             distances, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
             return distances, rows
-        from indexes.knn import exact_knn_between
+        from retrieval.indexes.knn import exact_knn_between
 
         knn_metric = {"euclidean": "euclidean", "sqeuclidean": "sqeuclidean", "cosine": "cosine"}.get(self.metric)
         if knn_metric is None:
@@ -196,7 +196,7 @@ class Gallery:
         return self._evaluate_topk(resolved, **protocol_options)
 
     def _evaluate_topk(self, queries: LabelledVectors, k: int = 100, protocol: str | None = None, **options) -> EvaluationResult:
-        from eval.evaluate import evaluate_topk
+        from retrieval.eval.evaluate import evaluate_topk
         from retrieval.api import default_protocol
 
         if queries.pid is None or self.pid is None:

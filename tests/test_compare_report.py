@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import eval.confidence as confidence
+import retrieval.eval.confidence as confidence
 from _catalogue_runs import make_evaluate_run, make_verify_run, snapshot
-from eval.confidence import bootstrap_mean_interval, paired_bootstrap_delta
-from eval.errors import EvaluationError
+from retrieval.eval.confidence import bootstrap_mean_interval, paired_bootstrap_delta
+from retrieval.eval.errors import EvaluationError
 from retrieval.cli import run
 from retrieval.compare import compare_runs
 from retrieval.report import write_report

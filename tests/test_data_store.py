@@ -11,8 +11,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import DataError
-from data.store import (
+from retrieval.data.errors import DataError
+from retrieval.data.store import (
     ContentHasher,
     iter_embedding_batches,
     read_embeddings,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.store import write_embeddings
+from retrieval.data.store import write_embeddings
 from retrieval.cli import run
 from retrieval.runs import read_run_record, read_run_table
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data.store import read_embeddings, write_embeddings
+from retrieval.data.store import read_embeddings, write_embeddings
 from retrieval import Gallery, evaluate
 from retrieval.errors import RetrieveError
 
@@ -91,9 +91,9 @@ def test_unknown_query_id_and_bad_k_are_clear_errors(small_file: Path):
 
 
 def test_gallery_evaluate_equals_the_evaluator(small_file: Path):
-    from eval.distances import EmbeddingDistances
-    from eval.evaluate import evaluate_ranking
-    from eval.rerank import RerankedDistances
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.evaluate import evaluate_ranking
+    from retrieval.eval.rerank import RerankedDistances
 
     data = read_embeddings(small_file)
     q, gal = data.by_split("query"), data.by_split("gallery")
@@ -181,7 +181,7 @@ def test_show_marks_match_nonmatch_and_junk_and_draws_images(small_file: Path, t
 
 
 def test_from_index_searches_like_the_exact_gallery(small_file: Path, tmp_path: Path):
-    from indexes.store import build_index
+    from retrieval.indexes.store import build_index
 
     gallery = read_embeddings(small_file).by_split("gallery")
     build_index(tmp_path / "index", gallery, kind="flat", metric="l2", content_hash=gallery.content_hash(),
@@ -216,7 +216,7 @@ def test_example_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch):
 
 
 def test_result_interval_is_the_bootstrap_of_the_per_query_values(small_file: Path):
-    from eval.confidence import bootstrap_mean_interval
+    from retrieval.eval.confidence import bootstrap_mean_interval
 
     result = Gallery.from_parquet(small_file).evaluate("query", rerank=False)
     per_query = result.final.per_query.to_pylist()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from data.store import read_embeddings
+from retrieval.data.store import read_embeddings
 from retrieval.cli import run
 
 

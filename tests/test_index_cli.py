@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data.store import read_embeddings, write_embeddings
+from retrieval.data.store import read_embeddings, write_embeddings
 from retrieval.cli import run
 from retrieval.runs import read_run_record, read_run_table
 

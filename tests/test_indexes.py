@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-from indexes.errors import FaissIndexError
-from indexes.factory import (
+from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.factory import (
     MIN_POINTS_PER_CENTROID,
     default_nlist,
     default_nprobe,
@@ -17,9 +17,9 @@ from indexes.factory import (
     spec_for_factory,
     spec_for_kind,
 )
-from indexes.placement import FAISS_GPU, GPU_MAX_K, Placement, resolve_placement, torch_cuda_available
-from indexes.store import ArrayBatch, build_index, load_index, read_manifest
-from indexes.tuning import recall_at_k, tune
+from retrieval.indexes.placement import FAISS_GPU, GPU_MAX_K, Placement, resolve_placement, torch_cuda_available
+from retrieval.indexes.store import ArrayBatch, build_index, load_index, read_manifest
+from retrieval.indexes.tuning import recall_at_k, tune
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -392,8 +392,8 @@ def test_flat_equals_definition_with_many_ties(tmp_path_factory, n, dim, k_fract
 @pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
 def test_torch_path_gives_the_same_results(tmp_path, data, metric):
     torch = pytest.importorskip("torch")
-    from indexes.placement import TORCH_CUDA, TorchFlatSearcher
-    from indexes.search import flat_vectors
+    from retrieval.indexes.placement import TORCH_CUDA, TorchFlatSearcher
+    from retrieval.indexes.search import flat_vectors
 
     gallery, queries = data
     handle = build_index(tmp_path / "f", gallery, kind="flat", metric=metric).handle

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexes.errors import FaissIndexError
-from indexes.knn import exact_knn, exact_knn_between, stable_smallest_k
+from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.knn import exact_knn, exact_knn_between, stable_smallest_k
 from _gpu import requires_cuda
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import DataError
-from data.layouts import build_manifest
-from data.store import read_embeddings, write_embeddings
-from data.synth import PRESETS, Preset, generate, plan_rows
-from data.importers import join_manifest_by_path
-from data.store import embeddings_table
+from retrieval.data.errors import DataError
+from retrieval.data.layouts import build_manifest
+from retrieval.data.store import read_embeddings, write_embeddings
+from retrieval.data.synth import PRESETS, Preset, generate, plan_rows
+from retrieval.data.importers import join_manifest_by_path
+from retrieval.data.store import embeddings_table
 from retrieval.cli import run
 
 

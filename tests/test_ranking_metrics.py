@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
-from eval.distances import EmbeddingDistances, PrecomputedDistances
-from eval.errors import EvaluationError
-from eval.evaluate import evaluate_ranking, evaluate_topk
-from eval.ranking import top_k_columns
+from retrieval.eval.distances import EmbeddingDistances, PrecomputedDistances
+from retrieval.eval.errors import EvaluationError
+from retrieval.eval.evaluate import evaluate_ranking, evaluate_topk
+from retrieval.eval.ranking import top_k_columns
 from _gpu import requires_cuda
 
 GOLDEN = Path(__file__).parent / "data" / "reid_small"

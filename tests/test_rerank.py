@@ -15,8 +15,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from eval.errors import EvaluationError
-from eval.rerank import (
+from retrieval.eval.errors import EvaluationError
+from retrieval.eval.rerank import (
     RerankedDistances,
     build_graph,
     half_k,
@@ -123,7 +123,7 @@ def test_golden_metrics_from_protocol_definitions(reid_small, reid_small_reranke
 
 
 def test_golden_metrics_through_the_evaluator(reid_small, reid_small_reranked):
-    evaluate = pytest.importorskip("eval.evaluate")
+    evaluate = pytest.importorskip("retrieval.eval.evaluate")
     vectors, is_query, pid, cam, expected = reid_small
     result = evaluate.evaluate_ranking(
         reid_small_reranked, pid[is_query], pid[~is_query], cam[is_query], cam[~is_query], block_rows=37
@@ -281,7 +281,7 @@ def test_k1_counts_only_graph_items():
 
 
 def test_chunked_steps_give_the_same_result(monkeypatch):
-    import eval.rerank as rerank
+    import retrieval.eval.rerank as rerank
 
     x = np.random.default_rng(11).standard_normal((120, 6)).astype(np.float32)
     whole = RerankedDistances(x[:20], x[20:], k1=10, k2=4).dense()
@@ -294,7 +294,7 @@ def test_chunked_steps_give_the_same_result(monkeypatch):
 
 
 def test_is_a_distance_source():
-    from eval.distances import DistanceSource
+    from retrieval.eval.distances import DistanceSource
 
     x = np.random.default_rng(0).standard_normal((30, 3)).astype(np.float32)
     source = RerankedDistances(x[:5], x[5:], k1=4, k2=2)
@@ -311,7 +311,7 @@ def test_cuda_gives_the_cpu_result(reid_small, reid_small_reranked):
 
 
 def test_kept_query_gallery_distances_equal_recomputed(monkeypatch):
-    import eval.rerank as rerank
+    import retrieval.eval.rerank as rerank
 
     x = np.random.default_rng(12).standard_normal((300, 8)).astype(np.float32)
     kept = RerankedDistances(x[:40], x[40:], k1=10, k2=4)

@@ -70,9 +70,9 @@ def test_run_folder_is_a_train_run_with_epoch_statistics(trained):
 
 
 def test_embed_writes_embeddings_that_reproduce_the_evaluation(trained, tmp_path, capsys):
-    from data.store import read_embeddings
-    from eval.distances import EmbeddingDistances
-    from eval.evaluate import evaluate_ranking
+    from retrieval.data.store import read_embeddings
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.evaluate import evaluate_ranking
 
     root, record = trained
     out = tmp_path / "digits.parquet"
@@ -251,7 +251,7 @@ def test_market_layout_trains_with_camera_protocol_and_embeds_camids(tmp_path, c
     out = tmp_path / "market.parquet"
     run_json(["embed", str(tmp_path / "m"), "--layout", "market", str(tmp_path / "market"), "--out", str(out),
               "--device", "cpu"], capsys)
-    from data.store import read_embeddings
+    from retrieval.data.store import read_embeddings
 
     emb = read_embeddings(out)
     assert len(emb) == 12 + 2 + 5 and emb.dim == 32

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.distances import PrecomputedDistances
-from eval.errors import EvaluationError
-from eval.protocol import RankingLabels
-from eval.verification import (
+from retrieval.eval.distances import PrecomputedDistances
+from retrieval.eval.errors import EvaluationError
+from retrieval.eval.protocol import RankingLabels
+from retrieval.eval.verification import (
     LFW_GRID,
     BinnedImpostors,
     MonotoneBinner,
@@ -402,7 +402,7 @@ def test_query_gallery_trials_equal_full_sort(seed, protocol, num_bins, cache, b
 
 def test_query_gallery_trials_on_embeddings_with_junk():
     """Float32 GEMM distances of clustered vectors; junk pid -1 and same-camera junk removed."""
-    from eval.distances import EmbeddingDistances
+    from retrieval.eval.distances import EmbeddingDistances
 
     rng = np.random.default_rng(7)
     centres = rng.normal(size=(12, 16))
@@ -431,7 +431,7 @@ def test_trials_shape_mismatch_is_an_error():
 @requires_cuda
 def test_query_gallery_trials_on_gpu_distances_equal_full_sort():
     """CUDA distance blocks: the counting path is exact on whatever distances the GPU returns."""
-    from eval.distances import EmbeddingDistances
+    from retrieval.eval.distances import EmbeddingDistances
 
     rng = np.random.default_rng(11)
     qpid, gpid = rng.integers(0, 20, 64), rng.integers(-1, 20, 500)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.store import read_embeddings, write_embeddings
+from retrieval.data.store import read_embeddings, write_embeddings
 from retrieval.cli import run
 from retrieval.runs import read_run_record, read_run_table
 
@@ -148,9 +148,9 @@ def test_usage_errors_exit_2(tmp_path, capsys, extra):
 
 
 def test_query_gallery_trials_match_the_library(tmp_path, capsys):
-    from eval.distances import EmbeddingDistances
-    from eval.protocol import RankingLabels
-    from eval.verification import query_gallery_verification
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.protocol import RankingLabels
+    from retrieval.eval.verification import query_gallery_verification
 
     result = verify_json(capsys, str(REID), "--trials", "query-gallery", "--device", "cpu", "--out", str(tmp_path / "run"))
     emb = read_embeddings(REID)

@@ -33,7 +33,7 @@ class PresetName(str, Enum):
 
 def _write_table(out: Path, table: pa.Table, model: Optional[str]) -> None:
     """Validate an imported table and write it as an embeddings file (atomically)."""
-    from data.store import canonical_table, embeddings_from_table, with_metadata, write_parquet_atomically
+    from retrieval.data.store import canonical_table, embeddings_from_table, with_metadata, write_parquet_atomically
 
     emb = embeddings_from_table(table, out)
     for note in emb.notes:
@@ -59,8 +59,8 @@ def import_command(
     model: Optional[str] = typer.Option(None, help="Model name recorded in the file metadata."),
 ) -> None:
     """Import embeddings from .npy/.npz, .mat, CSV/TSV manifest + vectors, or .pt into Parquet."""
-    from data import importers
-    from data.errors import DataError
+    from retrieval.data import importers
+    from retrieval.data.errors import DataError
 
     if not source.exists():
         raise DataError(f"{source}: no such file")
@@ -81,7 +81,7 @@ def import_command(
     if layout is not None:
         if layout_root is None:
             raise typer.BadParameter("--layout needs --layout-root", param_hint="--layout-root")
-        from data.layouts import build_manifest
+        from retrieval.data.layouts import build_manifest
 
         table = importers.join_manifest_by_path(build_manifest(layout.value, layout_root), table)
     _write_table(out, table, model)
@@ -96,8 +96,8 @@ def layout_command(
     json_output: bool = typer.Option(False, "--json", help="Print counts as JSON."),
 ) -> None:
     """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776 or LFW."""
-    from data.layouts import build_manifest
-    from data.store import write_parquet_atomically
+    from retrieval.data.layouts import build_manifest
+    from retrieval.data.store import write_parquet_atomically
 
     table = build_manifest(kind.value, root)
     write_parquet_atomically(table, out)
@@ -116,7 +116,7 @@ def synth_command(
     difficulty: float = typer.Option(1.0, "--difficulty", min=0.0, help="Scales camera, pose and noise terms (1.0: realistic)."),
 ) -> None:
     """Generate synthetic embeddings at the shape of Market-1501, MSMT17, VeRi-776 or a million gallery."""
-    from data.synth import generate
+    from retrieval.data.synth import generate
 
     with stage_progress() as progress:
         generate(preset.value, seed, out, difficulty=difficulty, progress=progress)
@@ -125,7 +125,7 @@ def synth_command(
 
 def describe_embeddings(path: Path) -> dict:
     """Rows per split, dimension, identities, cameras, normalisation, metadata and content hash."""
-    from data.store import ContentHasher, file_metadata, iter_embedding_batches
+    from retrieval.data.store import ContentHasher, file_metadata, iter_embedding_batches
 
     hasher = ContentHasher()
     splits: dict[str, int] = {}

@@ -28,7 +28,7 @@ def demo_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace folder (default ./retrieve-runs or $RETRIEVE_WORKSPACE)."),
 ) -> None:
     """Run the whole path on the bundled sample: info, index, search, evaluate with re-ranking, report."""
-    from data import SAMPLE_EMBEDDINGS
+    from retrieval.data import SAMPLE_EMBEDDINGS
 
     ws = resolve_workspace(workspace)
     sample_dir = ws / "sample"

@@ -98,7 +98,7 @@ def load_sets(
     protocol: str, need_gallery: bool,
 ) -> EvalSets:
     """Select queries and gallery from the files as the options say (see the command's help)."""
-    from data.store import read_embeddings
+    from retrieval.data.store import read_embeddings
 
     emb = read_embeddings(embeddings)
     if protocol == "leave-one-out" and query_split is None:
@@ -119,7 +119,7 @@ def load_sets(
 
 def check_labels(sets: EvalSets, protocol: str) -> None:
     """One clear line for inputs the protocol cannot score."""
-    from data.errors import DataError
+    from retrieval.data.errors import DataError
 
     for name, part in (("queries", sets.queries), ("gallery", sets.gallery)):
         if part is None:
@@ -155,8 +155,8 @@ def protocol_kwargs(sets: EvalSets, protocol: str, junk: tuple[int, ...], ap: st
 def run_index_stage(sets: EvalSets, index_dir: Path, k: int, nprobe: Optional[int], metric: Optional[str],
                     device: str, protocol: str, junk, ap: str, max_rank: int, progress, topk_ap: str = "in-list"):
     """Search the index with the queries and score its top-k lists (AP labelled mAP@k)."""
-    from eval.evaluate import evaluate_topk
-    from indexes.store import load_index
+    from retrieval.eval.evaluate import evaluate_topk
+    from retrieval.indexes.store import load_index
 
     handle = load_index(index_dir, device=device)
     if metric is not None:
@@ -169,11 +169,11 @@ def run_index_stage(sets: EvalSets, index_dir: Path, k: int, nprobe: Optional[in
     gallery_pid = _column(rows, "pid")
     gallery_camid = _column(rows, "camid") if protocol == "market" else None
     if gallery_pid is None:
-        from indexes.errors import FaissIndexError
+        from retrieval.indexes.errors import FaissIndexError
 
         raise FaissIndexError(f"{index_dir}: the index's rows carry no pid; it cannot be evaluated")
     if protocol == "market" and gallery_camid is None:
-        from data.errors import DataError
+        from retrieval.data.errors import DataError
 
         raise DataError(f"{index_dir}: the index's rows carry no camid (use --protocol no-camera)")
     if k > handle.count:
@@ -204,7 +204,7 @@ def _column(table, name: str) -> np.ndarray | None:
 
 def rerank_source(sets: EvalSets, k1: int, k2: int, lam: float, distance: str, metric: str,
                   exclude_junk: bool, junk: tuple[int, ...], device: str, progress):
-    from eval.rerank import RerankedDistances
+    from retrieval.eval.rerank import RerankedDistances
 
     q, g = sets.queries, sets.gallery
     exclude = None
@@ -221,7 +221,7 @@ def rerank_source(sets: EvalSets, k1: int, k2: int, lam: float, distance: str, m
 
 def confidence_intervals(result, level: float, seed: int) -> dict:
     """Bootstrap intervals over the valid queries for mAP (or mAP@k) and rank-1."""
-    from eval.confidence import bootstrap_mean_interval
+    from retrieval.eval.confidence import bootstrap_mean_interval
 
     table = result.per_query
     valid = np.asarray(table.column("valid").to_pylist(), dtype=bool)
@@ -393,8 +393,8 @@ def evaluate_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (values as fractions) instead of the table."),
 ) -> None:
     """Evaluate queries against a gallery: CMC, mAP, mINP, mAP@R (Market-1501 protocol by default; ties by gallery row order)."""
-    from eval.evaluate import evaluate_ranking
-    from eval.distances import EmbeddingDistances, resolve_device
+    from retrieval.eval.evaluate import evaluate_ranking
+    from retrieval.eval.distances import EmbeddingDistances, resolve_device
     from retrieval.console import print_json
     from retrieval.progress import stage_progress
     from retrieval.runs import library_versions, write_run

@@ -68,7 +68,7 @@ class _FileBatches:
         self.hasher = None
 
     def __call__(self):
-        from data.store import ContentHasher, iter_embedding_batches
+        from retrieval.data.store import ContentHasher, iter_embedding_batches
 
         self.hasher = ContentHasher()
         for batch in iter_embedding_batches(self.path, batch_rows=self.batch_rows, splits=self.split):
@@ -97,7 +97,7 @@ def build_index_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Build a faiss index of the gallery embeddings (streamed from the file in batches)."""
-    from indexes.store import build_index
+    from retrieval.indexes.store import build_index
 
     if kind is not None and factory is not None:
         raise typer.BadParameter("give --kind or --factory, not both", param_hint="--factory")
@@ -144,7 +144,7 @@ def build_index_command(
 
 
 def _read_queries(path: Path, split: Optional[str]):
-    from data.store import read_embeddings
+    from retrieval.data.store import read_embeddings
 
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
@@ -195,7 +195,7 @@ def search_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Search an index with query embeddings; writes a results table and a run folder (kind "search")."""
-    from indexes.store import load_index
+    from retrieval.indexes.store import load_index
     from retrieval.runs import write_run
     from retrieval.workspace import new_run_dir
 
@@ -213,7 +213,7 @@ def search_command(
     timings["search"] = time.perf_counter() - started
     table = results_table(handle, query_emb.ids, query_emb.pid, found.distances, found.rows)
     if out is not None:
-        from data.store import write_parquet_atomically
+        from retrieval.data.store import write_parquet_atomically
 
         write_parquet_atomically(table.select(["query_id", "rank", "gallery_id", "distance", "gallery_pid", "gallery_camid"]), out)
     run_dir = new_run_dir(workspace, "search")
@@ -264,7 +264,7 @@ def index_info_command(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object."),
 ) -> None:
     """Describe an index: factory, metric, size, source embeddings, build parameters, search defaults."""
-    from indexes.store import load_index
+    from retrieval.indexes.store import load_index
 
     handle = load_index(index_dir, device="cpu")
     manifest = dict(handle.manifest)
@@ -301,7 +301,7 @@ def index_info_command(
 
 def _gallery_for_tuning(handle, embeddings: Optional[Path]):
     """The gallery vectors for exact ground truth, when the index stores compressed codes."""
-    from data.store import read_embeddings
+    from retrieval.data.store import read_embeddings
 
     if handle.is_exact or handle.stores_vectors:
         return None
@@ -325,8 +325,8 @@ def tune_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Sweep nprobe (IVF) or efSearch (HNSW): recall@k vs exact search and queries/s; keep the cheapest meeting the target."""
-    from indexes.store import load_index
-    from indexes.tuning import tune
+    from retrieval.indexes.store import load_index
+    from retrieval.indexes.tuning import tune
 
     if k < 1:
         raise typer.BadParameter(f"must be at least 1, got {k}", param_hint="--k")

@@ -253,8 +253,8 @@ def verify_command(
 
 
 def _verify_pairs(embeddings: Path, pairs_path: Path, options: dict[str, Any], timings: dict[str, float]):
-    from data.store import read_embeddings
-    from eval.verification import evaluate_pairs, pair_distances
+    from retrieval.data.store import read_embeddings
+    from retrieval.eval.verification import evaluate_pairs, pair_distances
 
     started = time.perf_counter()
     pairs = parse_pairs_file(pairs_path)
@@ -275,11 +275,11 @@ def _verify_pairs(embeddings: Path, pairs_path: Path, options: dict[str, Any], t
 
 
 def _verify_trials(embeddings: Path, options: dict[str, Any], timings: dict[str, float], progress):
-    from data.store import read_embeddings
-    from eval.distances import EmbeddingDistances
-    from eval.errors import EvaluationError
-    from eval.protocol import RankingLabels
-    from eval.verification import query_gallery_verification
+    from retrieval.data.store import read_embeddings
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.errors import EvaluationError
+    from retrieval.eval.protocol import RankingLabels
+    from retrieval.eval.verification import query_gallery_verification
 
     started = time.perf_counter()
     emb = read_embeddings(embeddings, splits=[options["query_split"], options["gallery_split"]])

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from data.errors import DataError
+from retrieval.data.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "query", "gallery")
@@ -142,7 +142,7 @@ def layout_manifest(layout: str, root: Path | str) -> pa.Table:
     """The (path, pid, camid, split) table of a data set layout."""
     if layout == "folders":
         return folders_manifest(root)
-    from data.layouts import build_manifest
+    from retrieval.data.layouts import build_manifest
 
     return build_manifest(layout, root)
 

@@ -131,8 +131,8 @@ def query_gallery_rows(image_set) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate_vectors(image_set, query_rows, gallery_rows, query_vectors, gallery_vectors) -> dict[str, Any]:
     """Our evaluator on euclidean distances; protocol market with camera ids, else no-camera."""
-    from eval.distances import EmbeddingDistances
-    from eval.evaluate import evaluate_ranking
+    from retrieval.eval.distances import EmbeddingDistances
+    from retrieval.eval.evaluate import evaluate_ranking
 
     cam = image_set.camid
     protocol = "no-camera" if cam is None else "market"
@@ -461,7 +461,7 @@ def run_tables(history, last_eval) -> dict[str, pa.Table]:
 def embed_to_file(model_dir, out, dataset=None, layout=None, root=None, feature="post-bn", device="auto",
                   batch_size: int = 256, progress=None) -> dict[str, Any]:
     """Embed every image of a data source with a trained model and write an embeddings file."""
-    from data.store import write_embeddings
+    from retrieval.data.store import write_embeddings
 
     saved = read_model_config(model_dir)
     spec = saved["model"]
