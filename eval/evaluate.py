@@ -53,6 +53,7 @@ RANKINGS_SCHEMA = pa.schema(
         ("distance", pa.float64()),
         ("is_match", pa.bool_()),
         ("is_junk", pa.bool_()),
+        ("kept_rank", pa.int64()),  # the protocol's rank (junk removed); null for junk items
     ]
 )
 
@@ -88,7 +89,11 @@ class RankingResult:
         return "mAP" if self.topk is None else "mAP@k"
 
     def rank(self, k: int) -> float:
-        """CMC rank-k (fraction)."""
+        """CMC rank-k (fraction); an error for k < 1 or beyond the computed curve."""
+        if not 1 <= k <= len(self.cmc):
+            known = f"1..{len(self.cmc)}"
+            why = " (top-k lists shorter than that)" if self.topk is not None else ""
+            raise EvaluationError(f"CMC rank-{k} is not available: ranks {known} were computed{why}")
         return float(self.cmc[k - 1])
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,18 +208,18 @@ def evaluate_ranking(
     top_parts: list[tuple[int, np.ndarray, np.ndarray]] = []
     single_shot_parts: list[np.ndarray] = []
     done = 0
-    for first_row, block in source.blocks(block_rows):
-        if block.shape[1] != G:
-            raise EvaluationError(f"distance block has {block.shape[1]} columns, expected {G} gallery items")
-        ranks = match_ranks(block, first_row, labels, keep_top=keep_top)
+    for block in source.blocks(block_rows):
+        if block.values.shape[1] != G:
+            raise EvaluationError(f"distance block has {block.values.shape[1]} columns, expected {G} gallery items")
+        ranks = match_ranks(block, labels, keep_top=keep_top)
         rank_parts.append((ranks.query, ranks.rank))
         if keep_top > 0:
-            top_parts.append((first_row, ranks.top_cols, ranks.top_dist))
+            top_parts.append((block.start, ranks.top_cols, source.to_distance(ranks.top_values)))
         if cmc_mode == "single-gallery-shot":
             single_shot_parts.append(
-                single_gallery_shot_hits(block, first_row, labels, max_rank=max_rank, repeats=repeats, seed=seed)
+                single_gallery_shot_hits(block, labels, max_rank=max_rank, repeats=repeats, seed=seed)
             )
-        done += block.shape[0]
+        done += block.values.shape[0]
         if progress is not None:
             progress("rank", done, Q)
     query = np.concatenate([p[0] for p in rank_parts]) if rank_parts else np.empty(0, np.int64)
@@ -274,7 +279,7 @@ def evaluate_topk(
     if progress is not None:
         progress("rank", Q, Q)
     valid = num_relevant > 0
-    shortest = int(kept_length[valid].min()) if valid.any() else k
+    shortest = known_cmc_ranks(query, kept_length, valid, k)
     if shortest == 0:
         empty = inputs.query_ids[valid & (kept_length == 0)]
         raise EvaluationError(
@@ -289,6 +294,18 @@ def evaluate_topk(
         single_shot_hits=None, ap_denominator=_topk_ap_denominator(topk_ap, query, num_relevant, k),
         kept_length=kept_length, topk_ap=topk_ap,
     )
+
+
+def known_cmc_ranks(query: np.ndarray, kept_length: np.ndarray, valid: np.ndarray, k: int) -> int:
+    """The largest r for which every valid query's CMC value at rank r is known from its list.
+
+    A query whose list holds a true match knows its whole curve; one without a match found knows
+    only that it misses up to its kept list length (junk removed). Only the latter limit the curve.
+    """
+    found = np.zeros(len(valid), dtype=bool)
+    found[query] = True
+    limiting = valid & ~found
+    return int(kept_length[limiting].min()) if limiting.any() else k
 
 
 def _topk_ap_denominator(topk_ap: str, query: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
@@ -387,6 +404,13 @@ def _empty_rankings() -> pa.Table:
     return RANKINGS_SCHEMA.empty_table()
 
 
+def _ranks_within_groups(counted: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """1-based running count of ``counted`` items, restarting where ``group_start`` is True."""
+    running = np.cumsum(counted)
+    before_group = (running - counted)[group_start]
+    return running - np.repeat(before_group, np.diff(np.r_[np.flatnonzero(group_start), len(counted)]))
+
+
 def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarray]]) -> pa.Table:
     """Top items per query in stable order, junk included and flagged; rank counts every item."""
     if not parts:
@@ -396,6 +420,8 @@ def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarr
     cols = np.concatenate([c.ravel() for _, c, _ in parts])
     dist = np.concatenate([d.ravel() for _, _, d in parts]).astype(np.float64)
     rank = np.concatenate([np.tile(np.arange(1, c.shape[1] + 1), len(c)) for _, c, _ in parts])
+    junk = labels.is_junk(rows, cols)
+    kept_rank = _ranks_within_groups(~junk, rank == 1)
     return pa.table(
         {
             "query_id": pa.array(inputs.query_ids[rows].astype(str), pa.string()),
@@ -403,7 +429,8 @@ def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarr
             "gallery_id": pa.array(inputs.gallery_ids[cols].astype(str), pa.string()),
             "distance": pa.array(dist, pa.float64()),
             "is_match": pa.array(labels.is_match(rows, cols)),
-            "is_junk": pa.array(labels.is_junk(rows, cols)),
+            "is_junk": pa.array(junk),
+            "kept_rank": pa.array(kept_rank, pa.int64(), mask=junk),
         },
         schema=RANKINGS_SCHEMA,
     )

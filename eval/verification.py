@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from retrieval.eval.errors import EvaluationError
+from retrieval.eval.protocol import same_identity
+from retrieval.indexes.distance import Metric, exact_pair_keys, key_to_distance, normalise
 
 DISTANCES = ("sqeuclidean", "cosine")
 THRESHOLD_GRIDS = ("exact", "lfw")
@@ -56,24 +58,24 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 
 def pair_distances(first: np.ndarray, second: np.ndarray, distance: str = "sqeuclidean") -> np.ndarray:
-    """Row-wise distances (n,) in float64 between two (n, d) arrays; smaller = closer.
+    """Row-wise distances (n,) between two (n, d) arrays, exact (the distance core's keys), as float64.
 
-    ``sqeuclidean``: Σ (a − b)²; ``cosine``: 1 − a·b / (‖a‖ ‖b‖).
+    ``sqeuclidean``: ‖a − b‖²; ``cosine``: 1 − cos = ½‖â − b̂‖² of the L2-normalised rows.
     """
     if distance not in DISTANCES:
         raise EvaluationError(f"unknown distance {distance!r}; expected one of {', '.join(DISTANCES)}")
-    a = np.asarray(first, dtype=np.float64)
-    b = np.asarray(second, dtype=np.float64)
+    a = np.ascontiguousarray(first, dtype=np.float32)
+    b = np.ascontiguousarray(second, dtype=np.float32)
     if a.shape != b.shape or a.ndim != 2:
         raise EvaluationError(f"pair vectors must be two (n, d) arrays of one shape, got {a.shape} and {b.shape}")
-    if distance == "sqeuclidean":
-        diff = a - b
-        return np.einsum("ij,ij->i", diff, diff)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    zero = np.flatnonzero(norms == 0)
-    if len(zero):
-        raise EvaluationError(f"cosine distance is undefined for zero vectors (pairs {_few(zero)})")
-    return 1.0 - np.einsum("ij,ij->i", a, b) / norms
+    if distance == "cosine":
+        zero = np.flatnonzero((np.abs(a).max(axis=1, initial=0) == 0) | (np.abs(b).max(axis=1, initial=0) == 0))
+        if len(zero):
+            raise EvaluationError(f"cosine distance is undefined for zero vectors (pairs {_few(zero)})")
+        a, b = normalise(a), normalise(b)
+    rows = np.arange(len(a))
+    keys = exact_pair_keys(a, rows, b, rows, Metric.SQEUCLIDEAN)
+    return key_to_distance(keys, distance).astype(np.float64)
 
 
 def _few(rows: np.ndarray, limit: int = 5) -> str:
@@ -652,7 +654,7 @@ def trial_masks(labels, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     a junk pid) or same pid (i.e. not an impostor); genuine = same pid and not junk.
     """
     query_pid = labels.query_pid[start:stop]
-    same = query_pid[:, None] == labels.gallery_pid[None, :]
+    same = same_identity(query_pid[:, None], labels.gallery_pid[None, :])
     junk = np.repeat(labels.gallery_is_junk_pid[None, :], stop - start, axis=0)
     junk[np.isin(query_pid, labels.junk_pids)] = True
     if labels.protocol == "market":
@@ -706,7 +708,7 @@ def query_gallery_verification(
     binner: MonotoneBinner | None = None
     counts = np.zeros(num_bins + 1, np.int64)  # last bin: trials that are not impostors
     buffers = BlockBuffers()
-    for start, block in source.blocks(block_rows):
+    for start, block in exact_trial_blocks(source, block_rows):
         stop = start + block.shape[0]
         if np.isnan(np.sum(block)):  # a reduction, no (b, G) temporary; NaN anywhere makes the sum NaN
             rows = np.flatnonzero(np.isnan(block).any(axis=1)) + start
@@ -738,17 +740,25 @@ def query_gallery_verification(
     hot[binner(np.unique(genuine))] = True
     hot[order_stat_bins(impostor_counts, fars)] = True
 
-    blocks = cache if cache is not None else source.blocks(block_rows)
+    blocks = cache if cache is not None else exact_trial_blocks(source, block_rows)
     kept: list[np.ndarray] = []
+    hot_counts = np.zeros(num_bins + 1, np.int64)
     for start, block in blocks:
         stop = start + block.shape[0]
         block = np.asarray(block, dtype=binner.dtype)
         _, excluded = trial_masks(labels, start, stop)
         bins = binner(block, buffers)
         bins[excluded] = num_bins
-        kept.append(block[hot[bins]])
+        in_hot = hot[bins]
+        kept.append(block[in_hot])
+        hot_counts += np.bincount(bins[in_hot], minlength=num_bins + 1)
         progress("verification: exact counts", stop, num_queries)
     del cache, blocks  # release the kept distance blocks before the final counts
+    if not np.array_equal(hot_counts[:num_bins][hot[:num_bins]], impostor_counts[hot[:num_bins]]):
+        raise EvaluationError(
+            "internal error: the second pass over the trials counted different impostors than the first "
+            "(the distance source is not deterministic); no result was written"
+        )
     impostors = BinnedImpostors(impostor_counts, np.concatenate(kept), hot, binner)
     roc = roc_metrics_from(genuine, impostors, fars)
     parameters = {
@@ -760,6 +770,19 @@ def query_gallery_verification(
         "kept_impostors": int(len(impostors.kept)),
     }
     return VerificationResult("query-gallery", distance, roc, None, parameters)
+
+
+def exact_trial_blocks(source, block_rows: int):
+    """(first row, (b, G) distances) with every value exact: each trial's value enters the curve.
+
+    Sources with ``exact_blocks`` (embeddings: the distance core's keys for every pair) use them;
+    others must yield exact values (a bound of 0), or verification refuses them.
+    """
+    blocks = source.exact_blocks(block_rows) if hasattr(source, "exact_blocks") else source.blocks(block_rows)
+    for block in blocks:
+        if block.exact_fn is not None or np.any(block.bound):
+            raise EvaluationError("query × gallery verification needs exact distances; this source gives approximations")
+        yield block.start, source.to_distance(block.values)
 
 
 def _binner_for(block: np.ndarray, excluded: np.ndarray, genuine: np.ndarray, num_bins: int) -> MonotoneBinner:

@@ -147,8 +147,6 @@ class Gallery:
         if knn_metric is None:
             raise RetrieveError(f"unknown metric {self.metric!r}; expected euclidean, sqeuclidean or cosine")
         distances, rows = exact_knn_between(vectors, self._gallery.vectors, k, metric=knn_metric)
-        if self.metric == "cosine":
-            distances = distances / 2.0  # exact_knn gives 2 - 2cos; report 1 - cos
         return distances, rows
 
     def search_table(self, queries: Any, k: int = 10) -> pa.Table:

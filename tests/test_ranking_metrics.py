@@ -189,8 +189,11 @@ def test_embedding_distances_equal_scipy_for_every_metric():
     rng = np.random.default_rng(0)
     q, g = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(11, 5)).astype(np.float32)
     for metric, scipy_name in [("euclidean", "euclidean"), ("sqeuclidean", "sqeuclidean"), ("cosine", "cosine")]:
-        blocks = [b for _, b in EmbeddingDistances(q, g, metric=metric).blocks(3)]
-        np.testing.assert_allclose(np.vstack(blocks), cdist(q, g, scipy_name), atol=1e-5)
+        source = EmbeddingDistances(q, g, metric=metric)
+        approx = np.vstack([source.to_distance(b.values) for b in source.blocks(3)])
+        exact = source.to_distance(source.exact(np.repeat(np.arange(7), 11), np.tile(np.arange(11), 7))).reshape(7, 11)
+        np.testing.assert_allclose(approx, cdist(q, g, scipy_name), atol=1e-5)
+        np.testing.assert_allclose(exact, cdist(q, g, scipy_name), rtol=1e-6, atol=1e-7)
 
 
 def test_dimension_mismatch_is_an_error():
@@ -232,14 +235,15 @@ def brute_force(distances, qpid, gpid, qcam, gcam, protocol, junk, qids, gids):
         order = sorted(range(len(gpid)), key=lambda c: (distances[i][c], c))
         kept, rel = [], []
         for c in order:
+            same_person = gpid[c] == qpid[i] and qpid[i] != 0  # distractors (pid 0) match nothing
             is_junk = gpid[c] in junk
-            if protocol == "market" and gpid[c] == qpid[i] and gcam[c] == qcam[i]:
+            if protocol == "market" and same_person and gcam[c] == qcam[i]:
                 is_junk = True
             if protocol == "leave-one-out" and gids[c] == qids[i]:
                 is_junk = True
             if not is_junk:
                 kept.append(c)
-                rel.append(gpid[c] == qpid[i])
+                rel.append(same_person)
         R = sum(rel)
         if R == 0:
             out.append(None)
@@ -393,9 +397,12 @@ def test_torch_path_equals_numpy_path_on_cpu():
     q, g = rng.normal(size=(9, 6)).astype(np.float32), rng.normal(size=(13, 6)).astype(np.float32)
     for metric in ("euclidean", "sqeuclidean", "cosine"):
         source = EmbeddingDistances(q, g, metric=metric)
-        numpy_blocks = np.vstack([b for _, b in source.blocks(4)])
-        torch_blocks = np.vstack([b for _, b in source.torch_blocks(4, "cpu")])
-        np.testing.assert_allclose(torch_blocks, numpy_blocks, atol=1e-5)
+        numpy_blocks = list(source.blocks(4))
+        torch_blocks = list(source.torch_blocks(4, "cpu"))
+        for n, t in zip(numpy_blocks, torch_blocks):
+            assert n.start == t.start
+            np.testing.assert_array_equal(n.bound, t.bound)
+            assert np.all(np.abs(t.values - n.values) <= 2 * n.bound[:, None])
 
 
 @pytest.mark.gpu
