@@ -24,7 +24,7 @@ import numpy as np
 
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name  # noqa: F401
-from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.errors import FaissIndexError, few
 
 # Distances held at once per block (float32): block rows are chosen so that one block fits.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
@@ -171,8 +171,3 @@ class PrecomputedDistances:
             yield DistanceBlock.exact_values(start, self.matrix[start:start + block_rows])
 
     exact_blocks = blocks
-
-
-def few(rows: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:limit])
-    return shown + (f", … ({len(rows)} in all)" if len(rows) > limit else "")

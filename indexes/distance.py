@@ -35,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.errors import FaissIndexError, few
 
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
@@ -171,11 +171,6 @@ def prepare(x: np.ndarray, metric: "str | Metric", what: str = "vectors") -> np.
     """float32, C-contiguous; L2-normalised (deterministically) for cosine."""
     metric = metric_from_name(metric)
     return normalise(x, what) if metric.normalises else as_vectors(x, what)
-
-
-def few(rows: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(r)) for r in np.asarray(rows)[:limit])
-    return shown + (f", … ({len(rows)} in all)" if len(rows) > limit else "")
 
 
 # --------------------------------------------------------------------------- exact keys

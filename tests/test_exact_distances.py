@@ -235,3 +235,20 @@ def test_exact_knn_on_float_data_with_duplicates(seed, k, block_rows):
     np.testing.assert_array_equal(row_max, want_max)
     d2, i2 = exact_knn_between(x[:9], x, k, block_rows=block_rows)
     np.testing.assert_array_equal(i2, want_i[:9])
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_flat_index_search_equals_brute_force_over_exact_keys(tmp_path, metric):
+    from retrieval.indexes.distance import key_to_distance, metric_from_name, prepare
+    from retrieval.indexes.store import build_index
+
+    d = clustered_data(9)
+    handle = build_index(tmp_path / "flat", d["g"], kind="flat", metric=metric).handle
+    distances, rows = handle.search(d["q"], 25)
+    core = metric_from_name(metric)
+    g, q = prepare(d["g"], core), prepare(d["q"], core)
+    rr, cc = np.indices((len(q), len(g))).reshape(2, -1)
+    keys = exact_pair_keys(q, rr, g, cc, core).reshape(len(q), len(g))
+    order = np.argsort(keys, axis=1, kind="stable")[:, :25]
+    np.testing.assert_array_equal(rows, order)
+    np.testing.assert_array_equal(distances, key_to_distance(np.take_along_axis(keys, order, axis=1), core))

@@ -15,23 +15,10 @@ from hypothesis import strategies as st
 from retrieval.eval.distances import DistanceBlock, PrecomputedDistances
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
-from retrieval.eval.verification import (
-    LFW_GRID,
-    BinnedImpostors,
-    MonotoneBinner,
-    SortedImpostors,
-    best_threshold,
-    candidate_thresholds,
-    evaluate_pairs,
-    far_label,
-    fold_bounds,
-    kfold_accuracy,
-    order_stat_bins,
-    pair_distances,
-    query_gallery_verification,
-    roc_metrics,
-    eer_at_closest_threshold,
-)
+from retrieval.eval.kfold import LFW_GRID, best_threshold, candidate_thresholds, fold_bounds, kfold_accuracy
+from retrieval.eval.roc import SortedImpostors, eer_at_closest_threshold, far_label, roc_metrics
+from retrieval.eval.trials import BinnedImpostors, MonotoneBinner, order_stat_bins, query_gallery_verification
+from retrieval.eval.verification import evaluate_pairs, pair_distances
 from _gpu import requires_cuda
 
 GOLDEN = Path(__file__).parent / "data" / "verification_pairs"

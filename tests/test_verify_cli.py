@@ -150,7 +150,7 @@ def test_usage_errors_exit_2(tmp_path, capsys, extra):
 def test_query_gallery_trials_match_the_library(tmp_path, capsys):
     from retrieval.eval.distances import EmbeddingDistances
     from retrieval.eval.protocol import RankingLabels
-    from retrieval.eval.verification import query_gallery_verification
+    from retrieval.eval.trials import query_gallery_verification
 
     result = verify_json(capsys, str(REID), "--trials", "query-gallery", "--device", "cpu", "--out", str(tmp_path / "run"))
     emb = read_embeddings(REID)

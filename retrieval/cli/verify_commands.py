@@ -279,7 +279,7 @@ def _verify_trials(embeddings: Path, options: dict[str, Any], timings: dict[str,
     from retrieval.eval.distances import EmbeddingDistances
     from retrieval.eval.errors import EvaluationError
     from retrieval.eval.protocol import RankingLabels
-    from retrieval.eval.verification import query_gallery_verification
+    from retrieval.eval.trials import query_gallery_verification
 
     started = time.perf_counter()
     emb = read_embeddings(embeddings, splits=[options["query_split"], options["gallery_split"]])
