@@ -239,6 +239,7 @@ def atomic_file(target: Path | str, *, overwrite: bool) -> Iterator[Path]:
     """
     target = Path(target)
     check_output(target, overwrite=overwrite)
+    sweep_stale(target)
     temporary = new_temporary_file(target)
     try:
         yield temporary

@@ -63,6 +63,7 @@ def test_files_and_folders_follow_the_umask(tmp_path: Path, mask: int, file_mode
 @pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_every_kind_of_output_follows_the_umask(tmp_path: Path, mask: int, file_mode: int, dir_mode: int):
     """Embeddings files, run folders, index folders (and a tuned manifest), reports, models."""
+    from retrieval.data.synth import generate
     from retrieval.data.writer import write_embeddings
     from retrieval.indexes.store import build_index, load_index
     from retrieval.report import write_report
@@ -76,6 +77,8 @@ def test_every_kind_of_output_follows_the_umask(tmp_path: Path, mask: int, file_
         index = build_index(tmp_path / "idx", rng.normal(size=(50, 4)).astype(np.float32), kind="ivf", nlist=2).handle.path
         load_index(index).save_search_defaults({"nprobe": 2})
         report = write_report([run], tmp_path / "reports" / "r.html", png_dir=tmp_path / "png", overwrite=False)
+        synthetic = generate("small", 0, tmp_path / "synth.parquet", overwrite=False)  # streamed batch by batch
+    assert mode(synthetic) == file_mode
     assert mode(emb) == file_mode and mode(report) == file_mode and mode(tmp_path / "reports") == dir_mode
     assert mode(run) == dir_mode and mode(tmp_path / "ws") == dir_mode
     assert {mode(p) for p in run.iterdir()} == {file_mode}

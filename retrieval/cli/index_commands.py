@@ -87,7 +87,7 @@ def search_command(
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch [default: the index's]."),
     device: DeviceName = typer.Option(DeviceName.auto, help="auto | cpu | cuda."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results Parquet file (query_id, rank, gallery_id, distance, gallery_pid, gallery_camid)."),
-    protocol: Optional[ProtocolName] = typer.Option(None, "--protocol", help="Rule of the is_match / is_junk flags [default: market when queries and gallery have cameras, leave-one-out when the queries are gallery items, else no-camera]."),
+    protocol: Optional[ProtocolName] = typer.Option(None, "--protocol", help="Rule of the is_match / is_junk flags (default: market when queries and gallery have cameras, leave-one-out when the queries are gallery items, else no-camera)."),
     junk_pids: str = typer.Option("-1", "--junk-pids", help="Comma-separated junk identities ('none' for none)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace for the run folder [default: $RETRIEVE_WORKSPACE or ./retrieve-runs]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (default: refused)."),
