@@ -13,15 +13,13 @@ from typing import Optional
 import numpy as np
 import typer
 
+from retrieval.eval.distances import EVAL_METRICS
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
 from retrieval.cli.options import OVERWRITE_HELP, parse_cmc_ranks, parse_junk_pids
 
 
-class MetricName(str, Enum):
-    euclidean = "euclidean"
-    sqeuclidean = "sqeuclidean"
-    cosine = "cosine"
+MetricName = Enum("MetricName", {name: name for name in EVAL_METRICS}, type=str)  # the distance core's names
 
 
 class ApName(str, Enum):
