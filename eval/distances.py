@@ -105,6 +105,7 @@ class EmbeddingDistances:
                  device: str = "cpu") -> None:
         metric = _eval_metric(metric)
         self.metric = metric.value
+        self._raw = (query_vectors, gallery_vectors)
         try:
             self.space = KeySpace(query_vectors, gallery_vectors, metric, resolve_device(device))
         except FaissIndexError as error:
@@ -114,6 +115,11 @@ class EmbeddingDistances:
 
     def to_distance(self, values: np.ndarray) -> np.ndarray:
         return key_to_distance(values, self.metric)
+
+    def gallery_subset(self, cols: np.ndarray) -> "EmbeddingDistances":
+        """The same queries against the gallery rows ``cols``: every key is unchanged (keys are exact)."""
+        queries, gallery = self._raw
+        return EmbeddingDistances(queries, np.asarray(gallery)[cols], self.metric, self.device)
 
     def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
         for start, values in self.space.approx_blocks(block_rows):

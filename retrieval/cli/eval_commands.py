@@ -140,6 +140,7 @@ def evaluate_command(
     k: int = typer.Option(100, "--k", min=1, help="With --index: list length."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="With --index: IVF cells probed (default: the index's)."),
     topk_ap: TopkApName = typer.Option(TopkApName.in_list, "--topk-ap", help="With --index: AP@k divides by the matches found in the list (in-list) or by min(R, k) (min-r-k)."),
+    keep_top: int = typer.Option(10, "--keep-top", min=0, help="Items per query kept in rankings.parquet (each with its exact distance; more costs a little time)."),
     ci: Optional[float] = typer.Option(None, "--ci", help="Bootstrap confidence level for mAP and rank-1 over queries, e.g. 0.95."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of single-gallery-shot sampling."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: a new folder in the workspace)."),
@@ -157,7 +158,7 @@ def evaluate_command(
     options = EvaluateOptions(
         metric=metric.value if metric else None, protocol=protocol.value, junk_pids=parse_junk_pids(junk_pids),
         ap=ap.value, cmc_ranks=parse_cmc_ranks(cmc_ranks), cmc_mode=cmc_mode.value, repeats=repeats, seed=seed,
-        device=device.value, ci=ci,
+        device=device.value, ci=ci, keep_top=keep_top,
         rerank=RerankOptions(k1, k2, lam, rerank_distance.value, rerank_exclude_junk) if rerank else None,
         index=IndexOptions(index, k, nprobe, topk_ap.value) if index is not None else None,
     )
