@@ -24,12 +24,12 @@ import numpy as np
 
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name  # noqa: F401
+from retrieval.common.metrics import EVAL_METRICS
 from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
 
 # Distances held at once per block (float32): block rows are chosen so that one block fits.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
-EVAL_METRICS = (Metric.EUCLIDEAN.value, Metric.SQEUCLIDEAN.value, Metric.COSINE.value)
 
 ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -30,11 +30,12 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from enum import Enum
 from typing import Iterator
 
 import numpy as np
 
+from retrieval.common.metrics import ALIASES as _ALIASES
+from retrieval.common.metrics import Metric
 from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
 
@@ -42,28 +43,6 @@ U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
 _PAIR_CHUNK_BYTES = 4 * 1024 * 1024  # gathered float64 rows per chunk of exact pair distances
 _CACHE_CHUNK_BYTES = 1024 * 1024  # the float64 rows of one chunk of pairs, kept within a core's cache
-
-
-class Metric(str, Enum):
-    """One meaning per name (smaller = closer for every distance)."""
-
-    EUCLIDEAN = "euclidean"  # ‖q − g‖
-    SQEUCLIDEAN = "sqeuclidean"  # ‖q − g‖²
-    COSINE = "cosine"  # 1 − cos(q, g), as ½‖q̂ − ĝ‖² of the L2-normalised vectors
-    INNER_PRODUCT = "ip"  # −q·g
-
-    @property
-    def squared(self) -> bool:
-        """Ranked by a squared euclidean key (everything but the inner product)."""
-        return self is not Metric.INNER_PRODUCT
-
-    @property
-    def normalises(self) -> bool:
-        return self is Metric.COSINE
-
-
-# Other names for the same conventions (faiss's, and older manifests).
-_ALIASES = {"l2": Metric.EUCLIDEAN, "inner_product": Metric.INNER_PRODUCT, "dot": Metric.INNER_PRODUCT}
 
 
 def metric_from_name(name: "str | Metric") -> Metric:

@@ -10,10 +10,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+import math
 import typer
 
-from retrieval.eval.distances import EVAL_METRICS
+from retrieval.common.metrics import EVAL_METRICS
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
 from retrieval.cli.options import OVERWRITE_HELP, parse_cmc_ranks, parse_junk_pids
@@ -46,7 +46,7 @@ class RerankDistanceName(str, Enum):
 
 
 def _pct(value: Optional[float]) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
 def print_table(evaluation, run_dir: Path) -> None:
@@ -109,7 +109,7 @@ def _value(result, key) -> Optional[float]:
     if isinstance(key, int):
         return result.rank(key) if key <= len(result.cmc) else None
     value = getattr(result, key)
-    return float(value) if np.isfinite(value) else None
+    return float(value) if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------- the command
