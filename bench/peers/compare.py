@@ -32,31 +32,32 @@ def max_difference(ours: dict | None, peer: dict | None) -> tuple[float | None, 
     return abs(pairs[key][0] - pairs[key][1]), key
 
 
-# What each peer does that can move the last digits even on the very same distances.
+# What each peer does that can move the last digits even on the very same distances:
+# peer -> (metrics it touches, the convention)
 CONVENTIONS = {
-    "fastreid-cy": "its Cython loop sums each AP and averages CMC in float32",
-    "fastreid-py": "CMC averaged in float32",
-    "torchreid": "CMC averaged in float32",
-    "pml": "no camera filtering (compared with ours --protocol no-camera); rank-1 = its precision_at_1",
+    "fastreid-cy": (("mAP", "mINP", "cmc", "rank1"), "its Cython loop sums each AP and averages CMC in float32"),
+    "fastreid-py": (("cmc", "rank1"), "CMC averaged in float32"),
+    "torchreid": (("cmc", "rank1"), "CMC averaged in float32"),
+    "pml": (("mAP", "mAP_at_R", "R_precision", "rank1"), "no camera filtering (compared with ours --protocol no-camera)"),
 }
 
 
-def explain(peer: str, difference: float | None, tied_queries: int | None, tolerance: float = 1e-6) -> str:
+def explain(peer: str, difference: float | None, tied_queries: int | None, worst: str | None = None,
+            tolerance: float = 1e-6) -> str:
     """One line: agreement, or the cause of a difference (ties measured on the shared matrix)."""
     if difference is None:
         return "—"
-    convention = CONVENTIONS.get(peer.split(":")[0], "")
-    if difference <= tolerance:
-        note = f"agrees to {difference:.1e}"
-        return note + (f" ({convention})" if convention and difference > 0 else "")
-    parts = [f"differs by {difference:.1e}"]
+    if difference == 0:
+        return "identical"
+    parts = [f"agrees to {difference:.1e}" if difference <= tolerance else f"differs by {difference:.1e}"]
     if tied_queries:
         parts.append(f"{tied_queries} queries have a true match at exactly the distance of a non-match: "
                      "np.argsort (quicksort) puts ties in arbitrary order, ours in gallery row order")
-    if convention:
+    touches, convention = CONVENTIONS.get(peer, ((), ""))
+    if convention and (worst is None or worst.startswith(touches)):
         parts.append(convention)
     if len(parts) == 1:
-        parts.append("not explained by ties: investigate")
+        parts.append("no tie or known convention explains it: investigate")
     return "; ".join(parts)
 
 

@@ -137,6 +137,7 @@ class Contender:
     group: str = ""  # e.g. the data shape the row belongs to
     kind: str = "peer"  # "ours", "peer" or "floor"
     parse_stdout_json: bool = False  # ours' CLI prints one JSON object (--json)
+    best_by: Callable[["ChildRun"], float] | None = None  # which run is the best (default: the least wall time)
 
 
 def run_rounds(contenders: Sequence[Contender], repeats: int, mem_cap_bytes: int | None,
@@ -177,7 +178,7 @@ def summarise(c: Contender, runs: list[ChildRun]) -> dict:
             row["stderr_tail"] = failed.stderr[-2000:]
             row["report"] = failed.report
         return row
-    best = min(good, key=lambda r: r.wall_s)
+    best = min(good, key=c.best_by or (lambda r: r.wall_s))
     row["wall_s"] = best.wall_s
     row["peak_rss_mb"] = max(r.peak_rss_mb for r in good)
     row["report"] = best.report

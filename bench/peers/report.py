@@ -56,7 +56,7 @@ def eval_section(data: dict) -> list[str]:
         rows = entry["rows"]
         out.append(table([[row_label(r), fmt(r.get("wall_s")), fmt(r.get("x_ours_cli")), fmt(r.get("x_gemm"), ".1f"),
                            fmt(r.get("peak_rss_mb"), ".0f"), fmt(r.get("max_abs_difference_vs_ours"), ".1e"),
-                           r.get("error") or phases_text(r.get("report"))] for r in rows],
+                           r.get("error") or r.get("note") or phases_text(r.get("report"))] for r in rows],
                          ["contender: function called", "wall s", "÷ ours CLI", "× GEMM", "peak RSS MB", "max |Δ| vs ours",
                           "in-process phases, s (or the error)"]))
         by = {r["name"]: r for r in rows}
