@@ -100,6 +100,7 @@ def profile(s: datasets.Shape, tmp: Path, mem_cap: int, cprofile: bool) -> dict:
     return {"cli_wall_s": cli.wall_s, "cli_peak_rss_mb": cli.peak_rss_mb,
             "cli_run_timings_s": ours.cli_timings(tmp / "profile-run"), "python_start_s": bare.wall_s,
             "library_wall_s": lib.wall_s, "library_phases_s": lib.report.get("phases_s"),
+            "library_peak_rss_mb_after_phase": lib.report.get("peak_rss_mb_after_phase"),
             "cprofile": lib.report.get("cprofile"), "error": lib.error_line() or cli.error_line()}
 
 

@@ -2,15 +2,15 @@
 hnswlib at equal recall.
 
     bench/peers/.venv/bin/python bench/peers/bench_index.py [--shape million] [--repeats 3]
-                                                            [--nprobe 8,16,32,64,128,256] [--k 10]
+                                                            [--nprobe 1,2,4,8,16,32,64,128] [--k 10]
 
 Data: the million preset's shape (1,000,000 × 256, 10,000 queries), or ``million-<gallery>`` scaled
 down. Steps: ground truth by exhaustive search; `retrieve build-index --factory IVF<nlist>,Flat`
 (nlist = 4·sqrt(gallery), our default); then in interleaved rounds: our library search and raw
 faiss on the SAME index file over the nprobe sweep (in-process search time: our layer's overhead),
 and whole processes `retrieve search` vs a raw-faiss script at --primary-nprobe. Once: raw faiss
-building its own index from the same factory string, and hnswlib (M=32, efConstruction=200) with
-an efSearch sweep, matched to our recall. Writes bench/results/peers_index.json.
+building its own index from the same factory string (its build time), and hnswlib (M=16,
+efConstruction=100) with an efSearch sweep, matched to our recall. Writes bench/results/peers_index.json.
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="million")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--nprobe", default="8,16,32,64,128,256")
+    parser.add_argument("--nprobe", default="1,2,4,8,16,32,64,128")
     parser.add_argument("--primary-nprobe", type=int, default=32)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=100)
     parser.add_argument("--mem-cap-gb", type=float)
     args = parser.parse_args()
     require_venv()

@@ -74,6 +74,7 @@ def main(argv: list[str]) -> int:
         report["traceback"] = traceback.format_exc()[-4000:]
         code = 3
     report["phases_s"] = phases.times
+    report["peak_rss_mb_after_phase"] = phases.peak_rss_mb
     report["in_process_s"] = time.perf_counter() - T0
     write_report(report)
     return code

@@ -193,6 +193,7 @@ class Phases:
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}  # the process's peak RSS when each phase ended
         self.start = time.perf_counter()
 
     def __call__(self, name: str) -> "_Phase":
@@ -211,6 +212,7 @@ class _Phase:
 
     def __exit__(self, *exc) -> None:
         self.phases.add(self.name, time.perf_counter() - self.t0)
+        self.phases.peak_rss_mb[self.name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_report(report: dict) -> None:

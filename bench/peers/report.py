@@ -84,7 +84,8 @@ def eval_section(data: dict) -> list[str]:
                     f"interpreter start {fmt(profile.get('python_start_s'))} s; the command's own timings "
                     f"{json.dumps({k: round(v, 2) for k, v in (profile.get('cli_run_timings_s') or {}).items()})}; "
                     f"library phases (s): {json.dumps({k: round(v, 2) for k, v in (profile.get('library_phases_s') or {}).items()})} "
-                    "(distances_only: our distance blocks alone; evaluate: distances + ranking).", ""]
+                    "(distances_only: our distance blocks alone; evaluate: distances + ranking); the process's peak RSS "
+                    f"(MB) when each phase ended: {json.dumps({k: round(v) for k, v in (profile.get('library_peak_rss_mb_after_phase') or {}).items()})}.", ""]
     return out
 
 
