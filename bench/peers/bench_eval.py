@@ -12,16 +12,14 @@ bench/results/peers_eval.json (shapes merged with earlier runs).
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import datasets
 import ours
 from compare import explain, max_difference, phases_text
-from harness import (RESULTS, Contender, bench_status, child_argv, default_mem_cap, fmt, machine_info,
-                     require_venv, run_child, run_rounds, summarise, table, write_results)
+from harness import (RESULTS, Contender, bench_parser, bench_status, child_argv, fmt, run_child, run_rounds, start,
+                     summarise, table, write_results)
 
 PY_LOOP_NOTE = "Python loop per query"
 
@@ -145,21 +143,12 @@ def print_shape(name: str, entry: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="market,market128,msmt17")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds (min taken); slow Python loops at MSMT17: 1")
+    parser = bench_parser(__doc__, "market,market128,msmt17")
     parser.add_argument("--slow", action="store_true", help="also the pure-Python evaluators at MSMT17 shape (~20 min each)")
     parser.add_argument("--no-values", action="store_true", help="skip the shared-matrix values check")
     parser.add_argument("--values-no-python-loops", action="store_true",
                         help="values check without the pure-Python evaluators (they are still timed)")
-    parser.add_argument("--mem-cap-gb", type=float, help="address-space cap per child (default: free memory − 2 GiB)")
-    args = parser.parse_args()
-    require_venv()
-    mem_cap = int(args.mem_cap_gb * 2**30) if args.mem_cap_gb else default_mem_cap()
-    path = RESULTS / "peers_eval.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    shapes = dict(previous.get("shapes", {}))
-    machine = machine_info()
+    args, mem_cap, shapes, machine = start(parser, "eval")
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; memory cap per child {mem_cap / 2**30:.1f} GiB")
     for name in args.shapes.split(","):
         s = datasets.ensure(datasets.shape(name))
@@ -178,7 +167,7 @@ def main() -> None:
         shapes[name] = entry
         print_shape(name, entry)
         write_results("eval", {"status": bench_status(), "shapes": shapes})
-    print(f"-> {path}")
+    print(f"-> {RESULTS / 'peers_eval.json'}")
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ error is shown, and ours (about five minutes here) runs once. Writes bench/resul
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import datasets
 import ours
 from compare import max_difference, phases_text
-from harness import (RESULTS, Contender, bench_status, child_argv, default_mem_cap, fmt, machine_info,
-                     require_venv, run_rounds, summarise, table, write_results)
+from harness import (RESULTS, Contender, bench_parser, bench_status, child_argv, fmt, run_rounds, start, summarise,
+                     table, write_results)
 
 
 def contenders(s: datasets.Shape, tmp: Path) -> list[Contender]:
@@ -53,16 +51,7 @@ def compare_rows(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="market,msmt17")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--mem-cap-gb", type=float)
-    args = parser.parse_args()
-    require_venv()
-    mem_cap = int(args.mem_cap_gb * 2**30) if args.mem_cap_gb else default_mem_cap()
-    path = RESULTS / "peers_rerank.json"
-    shapes = dict((json.loads(path.read_text()) if path.exists() else {}).get("shapes", {}))
-    machine = machine_info()
+    args, mem_cap, shapes, machine = start(bench_parser(__doc__, "market,msmt17"), "rerank")
     for name in args.shapes.split(","):
         s = datasets.ensure(datasets.shape(name))
         print(f"\n# re-ranking, {name}")
@@ -81,7 +70,7 @@ def main() -> None:
                       fmt(r.get("max_abs_difference_vs_ours"), ".1e"), r.get("error") or phases_text(r.get("report"))]
                      for r in rows], ["contender", "wall s", "× ours", "peak RSS MB", "max |Δ|", "phases s (or error)"]))
         write_results("rerank", {"status": bench_status(), "shapes": shapes})
-    print(f"-> {path}")
+    print(f"-> {RESULTS / 'peers_rerank.json'}")
 
 
 if __name__ == "__main__":

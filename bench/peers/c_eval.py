@@ -114,24 +114,32 @@ def _fastreid_metrics(cmc, all_ap, all_inp) -> dict:
             "num_valid_queries": len(all_ap)}
 
 
-def fastreid(args, ph) -> dict:
-    """numpy distances + fast-reid's evaluate_rank (Cython, or its Python loop with --python)."""
-    with ph("import"):
-        import numpy as np  # noqa: F401
-
-        import peerlib
-
-        rank = peerlib.fastreid_rank()
+def _load_distances_evaluate(args, ph, distances, evaluate) -> dict:
+    """The path every full-matrix toolkit takes: load the .npy files, a dense distance matrix, its evaluator."""
     with ph("load"):
         x = load_npy(args.data)
     with ph("distances"):
-        distmat = squared_euclidean(x["query_vectors"], x["gallery_vectors"])
-    use_cython = not args.python
+        distmat = distances(x["query_vectors"], x["gallery_vectors"])
     with ph("evaluate_rank"):
-        cmc, all_ap, all_inp = rank.evaluate_rank(distmat, x["query_pid"], x["gallery_pid"], x["query_camid"],
-                                                  x["gallery_camid"], max_rank=50, use_cython=use_cython)
-    return {"metrics": _fastreid_metrics(cmc, all_ap, all_inp),
-            "evaluator": "cython" if use_cython and rank.IS_CYTHON_AVAI else "python"}
+        return evaluate(distmat, x["query_pid"], x["gallery_pid"], x["query_camid"], x["gallery_camid"])
+
+
+def _fastreid_evaluate(rank, use_cython: bool = True):
+    def evaluate(distmat, *labels) -> dict:
+        cmc, all_ap, all_inp = rank.evaluate_rank(distmat, *labels, max_rank=50, use_cython=use_cython)
+        return {"metrics": _fastreid_metrics(cmc, all_ap, all_inp),
+                "evaluator": "cython" if use_cython and rank.IS_CYTHON_AVAI else "python"}
+
+    return evaluate
+
+
+def fastreid(args, ph) -> dict:
+    """numpy distances + fast-reid's evaluate_rank (Cython, or its Python loop with --python)."""
+    with ph("import"):
+        import peerlib
+
+        rank = peerlib.fastreid_rank()  # imports numpy too
+    return _load_distances_evaluate(args, ph, squared_euclidean, _fastreid_evaluate(rank, use_cython=not args.python))
 
 
 def fastreid_builddist(args, ph) -> dict:
@@ -143,16 +151,11 @@ def fastreid_builddist(args, ph) -> dict:
 
         build_dist = peerlib.fastreid_build_dist()
         rank = peerlib.fastreid_rank()
-    with ph("load"):
-        x = load_npy(args.data)
-        qf, gf = torch.from_numpy(x["query_vectors"]), torch.from_numpy(x["gallery_vectors"])
-    with ph("distances"):
-        distmat = build_dist(qf, gf, "euclidean")
-    with ph("evaluate_rank"):
-        cmc, all_ap, all_inp = rank.evaluate_rank(distmat, x["query_pid"], x["gallery_pid"], x["query_camid"],
-                                                  x["gallery_camid"], max_rank=50)
-    return {"metrics": _fastreid_metrics(cmc, all_ap, all_inp),
-            "evaluator": "cython" if rank.IS_CYTHON_AVAI else "python"}
+
+    def distances(q, g):
+        return build_dist(torch.from_numpy(q), torch.from_numpy(g), "euclidean")
+
+    return _load_distances_evaluate(args, ph, distances, _fastreid_evaluate(rank))
 
 
 def torchreid(args, ph) -> dict:
@@ -165,16 +168,16 @@ def torchreid(args, ph) -> dict:
 
         compute_distance_matrix = peerlib.torchreid_distance()
         rank = peerlib.torchreid_rank()
-    with ph("load"):
-        x = load_npy(args.data)
-        qf, gf = torch.from_numpy(x["query_vectors"]), torch.from_numpy(x["gallery_vectors"])
-    with ph("distances"):
-        distmat = compute_distance_matrix(qf, gf, "euclidean").numpy()
-    with ph("evaluate_rank"):
-        cmc, mean_ap = rank.evaluate_rank(distmat, x["query_pid"], x["gallery_pid"], x["query_camid"],
-                                          x["gallery_camid"], max_rank=50, use_cython=True)
-    return {"metrics": {"mAP": float(mean_ap), "cmc": [float(v) for v in np.asarray(cmc)[:50]]},
-            "evaluator": "cython" if rank.IS_CYTHON_AVAI else "python"}
+
+    def distances(q, g):
+        return compute_distance_matrix(torch.from_numpy(q), torch.from_numpy(g), "euclidean").numpy()
+
+    def evaluate(distmat, *labels) -> dict:
+        cmc, mean_ap = rank.evaluate_rank(distmat, *labels, max_rank=50, use_cython=True)
+        return {"metrics": {"mAP": float(mean_ap), "cmc": [float(v) for v in np.asarray(cmc)[:50]]},
+                "evaluator": "cython" if rank.IS_CYTHON_AVAI else "python"}
+
+    return _load_distances_evaluate(args, ph, distances, evaluate)
 
 
 PML_METRICS = ("precision_at_1", "mean_average_precision", "mean_average_precision_at_r", "r_precision")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from c_data import load_npy
-from c_eval import _fastreid_metrics, squared_euclidean
+from c_eval import _fastreid_evaluate, squared_euclidean
 
 K1, K2, LAMBDA = 20, 6, 0.3
 
@@ -32,7 +32,5 @@ def fastreid_rerank(args, ph) -> dict:
         final = re_ranking(q_g, q_q, g_g, k1=K1, k2=K2, lambda_value=LAMBDA)
     del q_q, g_g
     with ph("evaluate_rank"):
-        cmc, all_ap, all_inp = rank.evaluate_rank(final, x["query_pid"], x["gallery_pid"], x["query_camid"],
-                                                  x["gallery_camid"], max_rank=50)
-    return {"metrics": _fastreid_metrics(cmc, all_ap, all_inp), "evaluator": "cython" if rank.IS_CYTHON_AVAI else "python",
-            "params": {"k1": K1, "k2": K2, "lambda": LAMBDA, "input": "euclidean distances (squared inside re_ranking)"}}
+        out = _fastreid_evaluate(rank)(final, x["query_pid"], x["gallery_pid"], x["query_camid"], x["gallery_camid"])
+    return {**out, "params": {"k1": K1, "k2": K2, "lambda": LAMBDA, "input": "euclidean distances (squared inside re_ranking)"}}

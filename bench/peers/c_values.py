@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from c_data import load_npy
-from c_eval import PML_METRICS, _fastreid_metrics, pml_metrics
+from c_eval import PML_METRICS, _fastreid_evaluate, pml_metrics
 
 
 def _distmat(args):
@@ -61,13 +61,9 @@ def tie_counts(distmat, qpid, gpid, qcam, gcam) -> dict:
 def values_fastreid(args, ph) -> dict:
     import peerlib
 
-    rank = peerlib.fastreid_rank()
     x = load_npy(args.data)
-    use_cython = not args.python
-    cmc, all_ap, all_inp = rank.evaluate_rank(_distmat(args), x["query_pid"], x["gallery_pid"], x["query_camid"],
-                                              x["gallery_camid"], max_rank=50, use_cython=use_cython)
-    return {"metrics": _fastreid_metrics(cmc, all_ap, all_inp),
-            "evaluator": "cython" if use_cython and rank.IS_CYTHON_AVAI else "python"}
+    evaluate = _fastreid_evaluate(peerlib.fastreid_rank(), use_cython=not args.python)
+    return evaluate(_distmat(args), x["query_pid"], x["gallery_pid"], x["query_camid"], x["gallery_camid"])
 
 
 def values_torchreid(args, ph) -> dict:

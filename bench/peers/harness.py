@@ -13,6 +13,7 @@ process, metrics, notes); ``child.py`` does this for every contender of ours and
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -293,6 +294,25 @@ def bench_status() -> dict:
 def require_venv() -> None:
     if not PYTHON.exists():
         sys.exit(f"{PYTHON} not found: run bench/peers/setup first")
+
+
+def bench_parser(doc: str, shapes: str) -> argparse.ArgumentParser:
+    """The options every table script shares: --shapes, --repeats, --mem-cap-gb."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default=shapes)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (the minimum is reported)")
+    parser.add_argument("--mem-cap-gb", type=float, help="address-space cap per child (default: free memory − 2 GiB)")
+    return parser
+
+
+def start(parser: argparse.ArgumentParser, results_name: str) -> tuple[argparse.Namespace, int, dict, dict]:
+    """Parse, check the environment; (args, memory cap, shapes already in the results file, machine)."""
+    args = parser.parse_args()
+    require_venv()
+    mem_cap = int(args.mem_cap_gb * 2**30) if args.mem_cap_gb else default_mem_cap()
+    path = RESULTS / f"peers_{results_name}.json"
+    shapes = dict((json.loads(path.read_text()) if path.exists() else {}).get("shapes", {}))
+    return args, mem_cap, shapes, machine_info()
 
 
 # ----------------------------------------------------------------------------- output
