@@ -23,13 +23,23 @@ def load(name: str) -> dict | None:
 def machine_lines(machine: dict | None) -> list[str]:
     if not machine:
         return []
-    blas = [f"{t.get('internal_api')} {t.get('version')} ({t.get('architecture')}, {t.get('num_threads')} threads, "
-            f"{t.get('user_api')})" for t in machine.get("threadpools", [])]
-    load_avg = ", ".join(f"{v:.1f}" for v in machine.get("load_average_1_5_15", []))
-    return [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('mem_total_gb')} GiB "
-            f"({machine.get('mem_available_gb')} GiB free at the start); load average at the start {load_avg}.",
+    blas = []
+    for t in machine.get("threadpools", []):
+        details = [f"kernel {t['architecture']}"] if t.get("architecture") else []
+        details.append(f"{t.get('num_threads')} threads")
+        blas.append(f"{t.get('internal_api')} {t.get('version') or ''}".strip()
+                    + f" from {Path(t.get('filepath') or '?').parent.name} ({', '.join(details)})")
+    return [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('mem_total_gb')} GiB.",
             f"Thread pools seen by threadpoolctl after importing numpy, faiss and torch: {'; '.join(blas) or 'n/a'}."
             + (f" Environment: {machine['env']}." if machine.get("env") else "")]
+
+
+def load_text(entry: dict) -> str:
+    machine = entry.get("machine") or {}
+    load_avg = "/".join(f"{v:.1f}" for v in machine.get("load_average_1_5_15", []))
+    cap = entry.get("mem_cap_gb")
+    return (f"load average (1/5/15 min) when it started {load_avg}, {machine.get('mem_available_gb')} GiB free; "
+            + (f"memory cap per process {cap:.1f} GiB" if cap else "no memory cap"))
 
 
 def status_lines(status: dict | None) -> list[str]:
@@ -52,7 +62,8 @@ def eval_section(data: dict) -> list[str]:
     for shape, entry in data.get("shapes", {}).items():
         d = entry.get("data", {})
         out += [f"### Evaluation, {shape}: {d.get('queries')} × {d.get('gallery')} × {d.get('dim')} "
-                f"(peers' .npy: {d.get('gallery_junk_left_out_of_npy', 0)} junk rows left out), min of {entry.get('repeats')} rounds", ""]
+                f"(peers' .npy: {d.get('gallery_junk_left_out_of_npy', 0)} junk rows left out), min of {entry.get('repeats')} rounds; "
+                f"{load_text(entry)}", ""]
         rows = entry["rows"]
         out.append(table([[row_label(r), fmt(r.get("wall_s")), fmt(r.get("x_ours_cli")), fmt(r.get("x_gemm"), ".1f"),
                            fmt(r.get("peak_rss_mb"), ".0f"), fmt(r.get("max_abs_difference_vs_ours"), ".1e"),
@@ -94,7 +105,7 @@ def simple_section(title: str, data: dict, extra) -> list[str]:
     for shape, entry in data.get("shapes", {}).items():
         d = entry.get("data", {})
         out += [f"### {title}, {shape}: {d.get('queries')} × {d.get('gallery')} × {d.get('dim')}, "
-                f"min of {entry.get('repeats')} rounds", ""]
+                f"min of {entry.get('repeats')} rounds; {load_text(entry)}", ""]
         out.append(table([[row_label(r), fmt(r.get("wall_s")), fmt(r.get("x_ours_cli")), fmt(r.get("peak_rss_mb"), ".0f"),
                            fmt(r.get("max_abs_difference_vs_ours"), ".1e"), r.get("worst_metric") or "",
                            r.get("error") or phases_text(r.get("report"))] for r in entry["rows"]],
@@ -126,7 +137,7 @@ def index_section(data: dict) -> list[str]:
     for shape, e in data.get("shapes", {}).items():
         d = e.get("data", {})
         out += [f"### Index, {shape}: {d.get('queries')} queries × {d.get('gallery')} × {d.get('dim')}, "
-                f"`{e['factory']}`, k = {e['k']}, min of {e.get('repeats')} rounds", "",
+                f"`{e['factory']}`, k = {e['k']}, min of {e.get('repeats')} rounds; {load_text(e)}", "",
                 f"Exhaustive search (faiss IndexFlatL2): {fmt(e['exact']['search_s'])} s ({fmt(e['exact']['qps'], '.0f')} "
                 f"queries/s). Builds: `retrieve build-index` {fmt(e['ours_build']['wall_s'], '.1f')} s whole command "
                 f"({fmt(e['ours_build']['peak_rss_mb'], '.0f')} MB); raw faiss from the same factory string "
@@ -152,7 +163,7 @@ def index_section(data: dict) -> list[str]:
 
 
 def startup_section(data: dict) -> list[str]:
-    return [f"### Start-up, min of {data.get('repeats')}", "",
+    return [f"### Start-up, min of {data.get('repeats')}; {load_text(data)}", "",
             table([[r["name"], fmt(r.get("wall_s"), ".3f"), fmt(r.get("peak_rss_mb"), ".0f"), r.get("error") or ""]
                    for r in data["rows"]], ["command", "wall s", "peak RSS MB", "error"]), ""]
 
