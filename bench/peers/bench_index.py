@@ -137,6 +137,8 @@ def main() -> None:
                          "ours_recall": mine["recall"]})
     matched = equal_recall(sweeps["ours-search-lib"], sweeps["hnswlib"])
     raw_whole = rows["faiss-raw-whole"]
+    if (raw_whole.get("report") or {}).get("sweep"):
+        raw_whole["recall"] = raw_whole["report"]["sweep"][0]["recall"]
     if rows["ours-search-cli"].get("wall_s") and raw_whole.get("wall_s"):
         rows["ours-search-cli"]["x_faiss_raw_whole"] = rows["ours-search-cli"]["wall_s"] / raw_whole["wall_s"]
     result = {"data": meta, "factory": factory, "nlist": nlist, "k": args.k, "primary_nprobe": p,

@@ -1,8 +1,10 @@
 """The peer benchmark tables as markdown, from bench/results/peers_*.json.
 
     bench/peers/.venv/bin/python bench/peers/report.py [--write bench/results/peers_tables.md]
+                                                       [--docs docs/benchmarks.md]
 
-docs/benchmarks.md shows this output; rerun after the benchmarks to refresh it.
+``--docs`` replaces what lies between the markers ``<!-- tables:start -->`` and
+``<!-- tables:end -->`` of that page with the tables.
 """
 
 from __future__ import annotations
@@ -187,13 +189,28 @@ def render() -> str:
     return "\n".join(parts) + "\n"
 
 
+START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+
+
+def into_docs(page: Path, text: str) -> None:
+    doc = page.read_text()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"{page}: markers {START} / {END} not found")
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    page.write_text(f"{head}{START}\n{text}{END}{tail}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", type=Path)
+    parser.add_argument("--docs", type=Path)
     args = parser.parse_args()
     text = render()
     if args.write:
         args.write.write_text(text)
+    if args.docs:
+        into_docs(args.docs, text)
     print(text)
 
 
