@@ -29,14 +29,19 @@ def _python(code: str) -> list[str]:
 
 
 def test_child_peak_rss_is_the_childs_own():
+    import numpy as np
+
+    ballast = np.ones(300 * 2**20 // 8)  # the parent is big: a child must not inherit its RSS in ru_maxrss
     small = harness.run_child(_python("pass"))
+    capped = harness.run_child(_python("pass"), mem_cap_bytes=4 << 30)
     big = harness.run_child(_python("""
         import numpy as np
         a = np.ones(200 * 2**20 // 8)  # 200 MiB, every page touched
     """))
-    assert small.ok and big.ok
+    assert small.ok and big.ok and capped.ok
     assert big.peak_rss_mb >= 200
-    assert small.peak_rss_mb < 100
+    assert small.peak_rss_mb < 100 and capped.peak_rss_mb < 100
+    del ballast
     assert big.wall_s > 0
 
 

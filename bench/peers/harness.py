@@ -72,27 +72,48 @@ class ChildRun:
         return lines[-1] if lines else f"exit code {self.returncode}"
 
 
-def _limit_memory(cap_bytes: int | None) -> Callable[[], None] | None:
-    if not cap_bytes:
-        return None
+GNU_TIME = Path("/usr/bin/time")
 
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
 
-    return apply
+def _wrapped(argv: list[str], cap_bytes: int | None, rusage_file: Path) -> list[str]:
+    """The command line that measures ``argv``: capped by the shell's ulimit, run under GNU time.
+
+    A child's ru_maxrss starts at the RSS of the process that forked it (Linux carries the old
+    address space's high-water mark across exec), so the contender is forked by GNU time, a 2 MB
+    process, which writes the contender's own peak RSS (%M) to ``rusage_file``. Without
+    /usr/bin/time the contender is forked by this process (a few tens of MB) and wait4 measures it.
+    """
+    if GNU_TIME.exists():
+        argv = [str(GNU_TIME), "-f", "%M", "-o", str(rusage_file), *argv]
+    if cap_bytes:
+        argv = ["/bin/sh", "-c", f'ulimit -v {cap_bytes // 1024} && exec "$@"', "sh", *argv]
+    return argv
+
+
+def _gnu_time_result(rusage_file: Path, returncode: int, wait4_maxrss_kb: int) -> tuple[float, int]:
+    """(peak RSS in MB, exit code) from GNU time's file: its last line is %M; it names a killing signal."""
+    if not rusage_file.exists():
+        return wait4_maxrss_kb / 1024, returncode
+    lines = [line.strip() for line in rusage_file.read_text().splitlines() if line.strip()]
+    peak_kb = int(lines[-1]) if lines and lines[-1].isdigit() else wait4_maxrss_kb
+    for line in lines:
+        if line.startswith("Command terminated by signal"):
+            returncode = -int(line.rsplit(" ", 1)[1])
+    return peak_kb / 1024, returncode
 
 
 def run_child(argv: Sequence[str], *, mem_cap_bytes: int | None = None, timeout_s: float | None = None,
               env: dict[str, str] | None = None, cwd: Path | None = None) -> ChildRun:
-    """Run one process to its end; wall time around the whole process, its own peak RSS (wait4)."""
+    """Run one process to its end; wall time around the whole process, its own peak RSS."""
     argv = [str(a) for a in argv]
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         out_path, err_path, report_path = Path(tmp, "stdout"), Path(tmp, "stderr"), Path(tmp, "report.json")
+        rusage_path = Path(tmp, "rusage")
         child_env = {**os.environ, **(env or {}), "BENCH_RESULT": str(report_path)}
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             start = time.perf_counter()
-            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env,
-                                    cwd=cwd, start_new_session=True, preexec_fn=_limit_memory(mem_cap_bytes))
+            proc = subprocess.Popen(_wrapped(argv, mem_cap_bytes, rusage_path), stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=child_env, cwd=cwd, start_new_session=True)
             timer, fired = None, threading.Event()
             if timeout_s:
                 def kill() -> None:
@@ -108,13 +129,14 @@ def run_child(argv: Sequence[str], *, mem_cap_bytes: int | None = None, timeout_
             if timer:
                 timer.cancel()
             proc.returncode = os.waitstatus_to_exitcode(status)
+        peak_mb, returncode = _gnu_time_result(rusage_path, proc.returncode, usage.ru_maxrss)
         report = {}
         if report_path.exists():
             try:
                 report = json.loads(report_path.read_text())
             except json.JSONDecodeError as exc:
                 report = {"error": f"unreadable child report: {exc}"}
-        return ChildRun(argv, wall, usage.ru_maxrss / 1024, proc.returncode, out_path.read_text(errors="replace"),
+        return ChildRun(argv, wall, peak_mb, returncode, out_path.read_text(errors="replace"),
                         err_path.read_text(errors="replace"), report, fired.is_set())
 
 
