@@ -29,7 +29,7 @@ from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
 
 # Distances held at once per block (float32): block rows are chosen so that one block fits.
-DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
+DEFAULT_BLOCK_BYTES = 128 * 1024 * 1024
 
 ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

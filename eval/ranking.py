@@ -56,13 +56,67 @@ class _PairValues:
         return self.values[np.searchsorted(self.keys, rows * self.num_cols + cols)]
 
 
+CANDIDATE_BUDGET = 2_000_000  # candidates sorted at once (~80 bytes each in flight)
+
+
 def match_ranks(block: DistanceBlock, labels: RankingLabels, keep_top: int = 0) -> BlockRanks:
     """Kept ranks (1-based) of every true match of the block's queries, and their top items.
 
     ``block`` holds query rows ``block.start ..``; ``keep_top`` > 0 also returns each row's first
     ``keep_top`` gallery columns (junk included) in exact stable order with their exact values.
-    Vectorised over the whole block: one pass selects every candidate, one sort orders them.
+    Vectorised over groups of rows: one pass selects every candidate, one sort orders them; a
+    group holds at most ``CANDIDATE_BUDGET`` candidates (a query whose last match lies deep in a
+    large gallery has many), so memory stays bounded whatever the data.
     """
+    parts = [_match_ranks_group(group, labels, keep_top) for group in _row_groups(block, labels, keep_top)]
+    if len(parts) == 1:
+        return parts[0]
+    tops = [p.top_cols for p in parts]
+    return BlockRanks(
+        np.concatenate([p.query for p in parts]), np.concatenate([p.rank for p in parts]),
+        None if tops[0] is None else np.concatenate(tops),
+        None if tops[0] is None else np.concatenate([p.top_values for p in parts]),
+        sum(p.refined_pairs for p in parts),
+    )
+
+
+def _row_groups(block: DistanceBlock, labels: RankingLabels, keep_top: int):
+    """Sub-blocks of consecutive rows whose candidates fit the budget (views, no copies)."""
+    num_rows = block.values.shape[0]
+    if block.values.size <= CANDIDATE_BUDGET or num_rows == 1:
+        yield block
+        return
+    window = 2.0 * np.asarray(block.bound, dtype=np.float64)
+    match_rows, match_cols = labels.match_pairs(np.arange(block.start, block.stop))
+    match_rows = match_rows - block.start
+    threshold = _thresholds(block.values, match_rows, block.values[match_rows, match_cols].astype(np.float64),
+                            window, min(keep_top, block.values.shape[1]))
+    counts = np.count_nonzero(block.values <= threshold[:, None], axis=1)
+    first = 0
+    while first < num_rows:
+        last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), CANDIDATE_BUDGET, side="right")))
+        yield _sub_block(block, first, min(last, num_rows))
+        first = min(last, num_rows)
+
+
+def _sub_block(block: DistanceBlock, first: int, last: int) -> DistanceBlock:
+    exact_fn = None
+    if block.exact_fn is not None:
+        def exact_fn(rows, cols, _parent=block.exact_fn, _offset=first):
+            return _parent(rows + _offset, cols)
+    return DistanceBlock(block.start + first, block.values[first:last], block.bound[first:last], exact_fn)
+
+
+def _thresholds(values, match_rows, match_values, window, keep_top: int) -> np.ndarray:
+    """Per row: every entry up to here may matter (a match's window, or the top-k's)."""
+    threshold = np.full(values.shape[0], -np.inf)
+    np.maximum.at(threshold, match_rows, above(match_values, window[match_rows]))
+    if keep_top:
+        np.maximum(threshold, above(_kth_upper_bound(values, keep_top), window), out=threshold)
+    return threshold
+
+
+def _match_ranks_group(block: DistanceBlock, labels: RankingLabels, keep_top: int) -> BlockRanks:
     num_rows, num_cols = block.values.shape
     keep_top = min(keep_top, num_cols)
     window = 2.0 * np.asarray(block.bound, dtype=np.float64)
@@ -98,10 +152,7 @@ class _Candidates:
     def __init__(self, block: DistanceBlock, match_rows, match_values, window, keep_top: int) -> None:
         values = block.values
         num_rows = values.shape[0]
-        threshold = np.full(num_rows, -np.inf)
-        np.maximum.at(threshold, match_rows, above(match_values, window[match_rows]))
-        if keep_top:
-            np.maximum(threshold, above(_kth_upper_bound(values, keep_top), window), out=threshold)
+        threshold = _thresholds(values, match_rows, match_values, window, keep_top)
         rows, cols = np.nonzero(values <= threshold[:, None])
         vals = values[rows, cols].astype(np.float64)
         finite = threshold[np.isfinite(threshold)]

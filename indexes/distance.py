@@ -159,7 +159,13 @@ def normalise(x: np.ndarray, what: str = "vectors") -> np.ndarray:
     zero = np.flatnonzero(norms_sq == 0)
     if len(zero):
         raise FaissIndexError(f"{what}: cosine distance is undefined for zero vectors (rows {few(zero)})")
-    return (x.astype(np.float64) / np.sqrt(norms_sq.astype(np.float64))[:, None]).astype(np.float32)
+    out = np.empty_like(x)
+    chunk = max(1, _PAIR_CHUNK_BYTES // max(1, 8 * x.shape[1]))
+    for s in range(0, len(x), chunk):  # in chunks: no float64 copy of the whole set
+        part = x[s:s + chunk].astype(np.float64)
+        part /= np.sqrt(norms_sq[s:s + chunk].astype(np.float64))[:, None]
+        out[s:s + chunk] = part
+    return out
 
 
 def prepare(x: np.ndarray, metric: "str | Metric", what: str = "vectors") -> np.ndarray:
@@ -525,5 +531,10 @@ class KeySpace:
 
 
 def _float64_squared_norms(x: np.ndarray) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    return np.einsum("ij,ij->i", x64, x64)
+    """Σ x_i² in float64 per row, in chunks (a float64 copy of a whole gallery can be gigabytes)."""
+    out = np.empty(len(x), dtype=np.float64)
+    chunk = max(1, _PAIR_CHUNK_BYTES // max(1, 8 * x.shape[1]))
+    for s in range(0, len(x), chunk):
+        part = x[s:s + chunk].astype(np.float64)
+        out[s:s + chunk] = np.einsum("ij,ij->i", part, part)
+    return out

@@ -262,3 +262,14 @@ def test_flat_index_search_equals_brute_force_over_exact_keys(tmp_path, metric):
     order = np.argsort(keys, axis=1, kind="stable")[:, :25]
     np.testing.assert_array_equal(rows, order)
     np.testing.assert_array_equal(distances, key_to_distance(np.take_along_axis(keys, order, axis=1), core))
+
+
+def test_rows_split_by_the_candidate_budget_give_the_same_result(monkeypatch):
+    import retrieval.eval.ranking as ranking
+
+    d = clustered_data(10)
+    source = EmbeddingDistances(d["q"], d["g"])
+    reference = evaluate(source, d)
+    monkeypatch.setattr(ranking, "CANDIDATE_BUDGET", 60)  # a few rows per group, single rows too
+    same_result(evaluate(source, d, block_rows=16), reference)
+    same_result(evaluate(AnyKernel(source, 5, edge=True), d, block_rows=16), reference)
