@@ -29,6 +29,7 @@ class PresetName(str, Enum):
     msmt17 = "msmt17"
     veri = "veri"
     million = "million"
+    lfw = "lfw"
 
 
 def _write_table(out: Path, table: pa.Table, model: Optional[str]) -> None:
@@ -110,12 +111,23 @@ def layout_command(
 
 @app.command("synth")
 def synth_command(
-    preset: PresetName = typer.Option(PresetName.small, "--preset", help="Shape of a real data set (see the README table)."),
+    preset: PresetName = typer.Option(PresetName.small, "--preset", help="Shape of a real data set (docs/data.md lists them)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same file."),
     out: Path = typer.Option(..., "--out", "-o", help="Embeddings Parquet file to write."),
     difficulty: float = typer.Option(1.0, "--difficulty", min=0.0, help="Scales camera, pose and noise terms (1.0: realistic)."),
+    pairs_out: Optional[Path] = typer.Option(
+        None, "--pairs-out", help="With --preset lfw: where the pairs file goes (default: beside --out, lfw.parquet -> lfw.pairs.txt)."
+    ),
 ) -> None:
-    """Generate synthetic embeddings at the shape of Market-1501, MSMT17, VeRi-776 or a million gallery."""
+    """Generate synthetic embeddings at the shape of Market-1501, MSMT17, VeRi-776, LFW or a million gallery."""
+    if preset is PresetName.lfw:
+        from retrieval.data.lfw_synth import generate_lfw
+
+        _, pairs = generate_lfw(seed, out, pairs_out, difficulty=difficulty)
+        err_console().print(f"wrote {out} and its pairs file {pairs}")
+        return
+    if pairs_out is not None:
+        raise typer.BadParameter("only the lfw preset writes a pairs file", param_hint="--pairs-out")
     from retrieval.data.synth import generate
 
     with stage_progress() as progress:
