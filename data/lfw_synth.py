@@ -15,14 +15,15 @@ pairs (``name i j``) and its different pairs (``name1 i name2 j``), each block s
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from retrieval.common.atomic import atomic_file, check_output
 from retrieval.data import synth
-from retrieval.data.store import atomic_output, write_embeddings
+from retrieval.data.pairs import different_pair_line, pairs_file_text, same_pair_line
+from retrieval.data.writer import write_embeddings
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ def draw_pairs(names: list[str], counts: np.ndarray, fold_of_person: np.ndarray,
         same = _distinct(lambda: _same_pair(multi, counts, rng), shape.pairs_per_fold, f"fold {fold + 1} same")
         different = _distinct(lambda: _different_pair(people, counts, rng), shape.pairs_per_fold,
                               f"fold {fold + 1} different")
-        lines += [f"{names[p]}\t{i}\t{j}" for p, i, j in sorted(same)]
-        lines += [f"{names[p]}\t{i}\t{names[q]}\t{j}" for p, i, q, j in sorted(different)]
+        lines += [same_pair_line(names[p], i, j) for p, i, j in sorted(same)]
+        lines += [different_pair_line(names[p], i, names[q], j) for p, i, q, j in sorted(different)]
     return lines
 
 
@@ -151,10 +152,15 @@ def default_pairs_path(embeddings_path: Path | str) -> Path:
 
 
 def generate_lfw(seed: int, out_path: Path | str, pairs_path: Path | str | None = None, difficulty: float = 1.0,
-                 shape: LfwShape = LFW) -> tuple[Path, Path]:
-    """Write the embeddings file and its pairs file (each atomically); returns both paths."""
+                 shape: LfwShape = LFW, *, overwrite: bool = True) -> tuple[Path, Path]:
+    """Write the embeddings file and its pairs file (each atomically); returns both paths.
+
+    ``overwrite=False`` refuses either output when it exists, before any work. The pairs file
+    is published last, so a pairs file never names a missing embeddings file."""
     out_path = Path(out_path)
     pairs_path = default_pairs_path(out_path) if pairs_path is None else Path(pairs_path)
+    check_output(out_path, overwrite=overwrite)
+    check_output(pairs_path, overwrite=overwrite)
     data = plan(shape, seed)
     pid = np.repeat(np.arange(1, shape.people + 1, dtype=np.int64), data.counts)
     ids = [f"{name}_{i:04d}" for name, count in zip(data.names, data.counts.tolist()) for i in range(1, count + 1)]
@@ -163,12 +169,8 @@ def generate_lfw(seed: int, out_path: Path | str, pairs_path: Path | str | None 
                                      cameras=np.zeros((1, shape.dim), np.float32))
     vectors = synth.draw_vectors(directions, pid, np.zeros(len(pid), np.int64),
                                  difficulty * shape.base_difficulty, np.random.default_rng([seed, 2, 0]))
-    pairs_tmp = atomic_output(pairs_path)
-    try:
-        pairs_tmp.write_text(f"{shape.folds}\t{shape.pairs_per_fold}\n" + "\n".join(data.pair_lines) + "\n")
+    with atomic_file(pairs_path, overwrite=overwrite) as pairs_temporary:
+        pairs_temporary.write_text(pairs_file_text(shape.folds, shape.pairs_per_fold, data.pair_lines))
         write_embeddings(out_path, ids, vectors, pid=pid, split=np.full(len(pid), "free", dtype=object),
-                         model=f"synthetic:lfw:seed={seed}:difficulty={difficulty}")
-        os.replace(pairs_tmp, pairs_path)
-    finally:
-        pairs_tmp.unlink(missing_ok=True)
+                         model=f"synthetic:lfw:seed={seed}:difficulty={difficulty}", overwrite=overwrite)
     return out_path, pairs_path
