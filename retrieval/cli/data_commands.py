@@ -11,8 +11,9 @@ import pyarrow as pa
 import typer
 
 from retrieval.cli.app import app
-from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.cli.options import OVERWRITE_HELP, at_least
 from retrieval.console import err_console, print_json, say, stdout_console
+from retrieval.errors import OptionError
 from retrieval.progress import stage_progress
 
 
@@ -78,7 +79,7 @@ def import_command(
         table = importers.import_mat(source)
     elif suffix in (".csv", ".tsv", ".tab"):
         if vectors is None:
-            raise typer.BadParameter("a CSV/TSV manifest needs --vectors FILE", param_hint="--vectors")
+            raise OptionError("a CSV/TSV manifest needs --vectors FILE", "--vectors")
         table = importers.import_manifest(source, vectors, keys)
     elif suffix in (".pt", ".pth"):
         table = importers.import_torch(source, keys, split)
@@ -86,7 +87,7 @@ def import_command(
         raise DataError(f"{source}: unknown input type '{suffix}' (expected .npy, .npz, .mat, .csv, .tsv or .pt)")
     if layout is not None:
         if layout_root is None:
-            raise typer.BadParameter("--layout needs --layout-root", param_hint="--layout-root")
+            raise OptionError("--layout needs --layout-root", "--layout-root")
         from retrieval.data.layouts import build_manifest
 
         table = importers.join_manifest_by_path(build_manifest(layout.value, layout_root), table)
@@ -122,7 +123,7 @@ def synth_command(
     preset: PresetName = typer.Option(PresetName.small, "--preset", help="Shape of a real data set (docs/data.md lists them)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same file."),
     out: Path = typer.Option(..., "--out", "-o", help="Embeddings Parquet file to write."),
-    difficulty: float = typer.Option(1.0, "--difficulty", min=0.0, help="Scales camera, pose and noise terms (1.0: realistic)."),
+    difficulty: float = typer.Option(1.0, "--difficulty", callback=at_least(0.0, "--difficulty"), help="Scales camera, pose and noise terms (1.0: realistic)."),
     pairs_out: Optional[Path] = typer.Option(
         None, "--pairs-out", help="With --preset lfw: where the pairs file goes (default: beside --out, lfw.parquet -> lfw.pairs.txt)."
     ),
@@ -136,7 +137,7 @@ def synth_command(
         err_console().print(f"wrote {out} and its pairs file {pairs}")
         return
     if pairs_out is not None:
-        raise typer.BadParameter("only the lfw preset writes a pairs file", param_hint="--pairs-out")
+        raise OptionError("only the lfw preset writes a pairs file", "--pairs-out")
     from retrieval.data.synth import generate
 
     with stage_progress() as progress:
@@ -194,6 +195,8 @@ def info_command(
     from rich.table import Table
 
     table = Table(title=f"{path}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")  # long values wrap, never end in "…"
     table.add_row("rows", str(info["rows"]))
     table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in info["splits"].items()))
     table.add_row("dimension", str(info["dim"]))
@@ -202,5 +205,6 @@ def info_command(
     table.add_row("L2-normalised", "yes" if info["normalized"] else "no")
     for key, value in info["metadata"].items():
         table.add_row(key, value)
-    table.add_row("content hash", info["content_hash"])
     stdout_console().print(table)
+    # the whole hash on one line of its own, whatever the terminal width (to copy and compare)
+    stdout_console().print(f"content hash {info['content_hash']}", soft_wrap=True, markup=False, highlight=False)
