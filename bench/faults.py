@@ -8,8 +8,9 @@ command's measured duration, and kills it with SIGKILL if it is still running. A
 * runs: every visible entry of the workspace is a complete run that `retrieve runs` lists (a
   run.json that reads, its tables readable); every attempt that finished (exit 0) is listed:
   runs lost = finished attempts not listed;
-* no temporary output is visible (hidden `.<name>.<pid>-<hex>.tmp` leftovers of killed processes
-  are counted; the next writer of the same output removes them);
+* no temporary output is visible (hidden `.<name>.<pid>-<hex>.tmp` / `.old` / `.lock` leftovers of
+  killed processes in the workspace, index and model folders are counted; the next writer of the
+  same output removes them);
 * every index folder either loads (`retrieve index-info`) or is refused with one clear line
   (exit 1, `retrieve: error: ...`), never a traceback;
 * the model folder still trains: `retrieve train ... --resume` finishes the schedule.
@@ -107,7 +108,9 @@ def check_runs(folder: Path, attempts: list[dict]) -> dict:
             incomplete.append(f"{path.name}: not listed by retrieve runs")
     finished = [out_of(a["argv"]) for a in attempts if a["kind"] == "evaluate" and a["returncode"] == 0]
     lost = [out for out in finished if Path(out).name not in listed_ids]
-    hidden = [p.name for p in workspace.iterdir() if p.name.startswith(".")] if workspace.is_dir() else []
+    places = [workspace, folder / "indexes", folder / "model", folder]
+    hidden = [p.name for place in places if place.is_dir() for p in place.iterdir()
+              if p.name.startswith(".") and p.name.endswith((".tmp", ".old", ".lock"))]
     return {"listed": len(runs), "visible_incomplete": incomplete, "runs_lost": lost,
             "visible_temporaries": [p.name for p in visible if p.name.endswith((".tmp", ".old"))],
             "hidden_leftovers": len(hidden)}
