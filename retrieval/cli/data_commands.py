@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-import pyarrow as pa
 import typer
 
 from retrieval.cli.app import app
@@ -15,6 +13,9 @@ from retrieval.cli.options import OVERWRITE_HELP, at_least
 from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.errors import OptionError
 from retrieval.progress import stage_progress
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class LayoutKind(str, Enum):
@@ -34,7 +35,7 @@ class PresetName(str, Enum):
     lfw = "lfw"
 
 
-def _write_table(out: Path, table: pa.Table, model: Optional[str], overwrite: bool) -> None:
+def _write_table(out: Path, table: "pa.Table", model: Optional[str], overwrite: bool) -> None:
     """Validate an imported table and write it as an embeddings file (atomically; exclusive unless overwrite)."""
     from retrieval.data.store import embeddings_from_table
     from retrieval.data.writer import canonical_table, with_metadata, write_parquet_atomically
@@ -104,6 +105,8 @@ def layout_command(
     json_output: bool = typer.Option(False, "--json", help="Print counts as JSON."),
 ) -> None:
     """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776 or LFW."""
+    import numpy as np
+
     from retrieval.common.atomic import check_output
     from retrieval.data.layouts import build_manifest
     from retrieval.data.writer import write_parquet_atomically
@@ -147,6 +150,8 @@ def synth_command(
 
 def describe_embeddings(path: Path) -> dict:
     """Rows per split, dimension, identities, cameras, normalisation, metadata and content hash."""
+    import numpy as np
+
     from retrieval.data.hashing import ContentHasher
     from retrieval.data.store import file_metadata, iter_embedding_batches
 
