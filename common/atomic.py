@@ -313,10 +313,12 @@ def new_staging_folder(target: Path) -> Path:
 
 @contextmanager
 def staging_folder(target: Path | str, *, overwrite: bool,
-                   replaceable: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+                   replaceable: Callable[[Path], str | None] | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a new empty folder to fill; on success its files are fsynced and it becomes ``target``.
 
     ``replaceable``: see ``check_output`` (checked again under the lock when publishing).
+    ``durable=False`` skips the fsync of every file (still all-or-nothing when renamed): for many
+    small files derived from others and written again on demand (the sample's images).
     On an exception the staging folder is removed and ``target`` is untouched.
     """
     target = Path(target)
@@ -324,7 +326,8 @@ def staging_folder(target: Path | str, *, overwrite: bool,
     staging = new_staging_folder(target)
     try:
         yield staging
-        _fsync_tree(staging)
+        if durable:
+            _fsync_tree(staging)
         publish_folder(staging, target, overwrite=overwrite, replaceable=replaceable)
     except BaseException:
         _remove(staging)

@@ -125,7 +125,7 @@ def lfw_layout(root: Path) -> pa.Table:
     """LFW: one folder per person, images ``name/name_%04d.jpg``."""
     people = sorted(p for p in root.iterdir() if p.is_dir())
     rows = []
-    for pid, person in enumerate(people):
+    for pid, person in enumerate(people, start=1):  # pid 0 means "distractor" in re-ID files
         for image in _images(person):
             rows.append((image.stem, str(image), pid, None, "free"))
     if not rows:

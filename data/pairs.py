@@ -31,6 +31,19 @@ def image_key(name: str, number: int) -> str:
     return f"{name}_{number:04d}"
 
 
+def same_pair_line(name: str, i: int, j: int) -> str:
+    return f"{name}\t{i}\t{j}"
+
+
+def different_pair_line(name1: str, i: int, name2: str, j: int) -> str:
+    return f"{name1}\t{i}\t{name2}\t{j}"
+
+
+def pairs_file_text(folds: int, pairs_per_fold: int, lines: list[str]) -> str:
+    """A whole pairs file: the header ``<folds>\\t<pairs per fold>`` and one pair per line."""
+    return f"{folds}\t{pairs_per_fold}\n" + "".join(line + "\n" for line in lines)
+
+
 def parse_pairs_file(path: Path) -> PairsFile:
     """Parse an LFW pairs file; any malformed line is a one-line error with its line number."""
     try:

@@ -11,6 +11,8 @@ stay importable from here (``write_embeddings``, ``EmbeddingsWriter``, ...) for 
 
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -92,8 +94,7 @@ class Embeddings:
             raise DataError(f"{self.source}: no 'split' column, cannot select split '{name}'")
         subset = self.select(self.split == name)
         if len(subset) == 0:
-            present = sorted(set(self.split.tolist()))
-            raise DataError(f"{self.source}: split '{name}' is empty (splits present: {', '.join(present)})")
+            raise empty_split_error(self.source, name, self.split.tolist())
         return subset
 
     def content_hash(self) -> str:
@@ -361,9 +362,17 @@ def read_embeddings(path: Path | str, splits: str | Sequence[str] | None = None,
         raise DataError(f"{path}: no 'split' column, cannot select split(s) {', '.join(wanted_splits)}")
     for name in wanted_splits:
         if not np.any(emb.split == name):
-            present = sorted(set(emb.split.tolist()))
-            raise DataError(f"{path}: split '{name}' is empty (splits present: {', '.join(present)})")
+            raise empty_split_error(path, name, emb.split.tolist())
     return emb.select(np.isin(emb.split, wanted_splits))
+
+
+def resolve_image_path(image: str, embeddings_file: Path | str | None) -> str:
+    """A ``path`` value as it can be opened: as given when absolute or found from here, else
+    relative to the folder of the embeddings file that names it (files travel with their images)."""
+    candidate = Path(image)
+    if candidate.is_absolute() or candidate.exists() or embeddings_file is None:
+        return str(candidate)
+    return str(Path(embeddings_file).parent / candidate)
 
 
 def file_metadata(path: Path | str) -> dict[str, str]:
@@ -384,6 +393,7 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
     metadata = _decode_metadata(parquet.schema_arrow.metadata)
     wanted_splits = _as_split_list(splits)
     seen: set[str] = set()
+    present: set[str] = set()
     rows = 0
     for batch in parquet.iter_batches(batch_size=batch_rows):
         emb = embeddings_from_table(pa.Table.from_batches([batch]), path, metadata)
@@ -397,13 +407,23 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
         if wanted_splits is not None:
             if emb.split is None:
                 raise DataError(f"{path}: no 'split' column, cannot select split(s) {', '.join(wanted_splits)}")
+            present.update(np.unique(emb.split.astype(str)).tolist())
             emb = emb.select(np.isin(emb.split, wanted_splits))
         rows += len(emb)
         if len(emb):
             yield emb
     if rows == 0:
-        what = f"split(s) {', '.join(wanted_splits)} are empty" if wanted_splits else "the file has no rows"
-        raise DataError(f"{path}: {what}")
+        if wanted_splits:
+            raise empty_split_error(path, ", ".join(wanted_splits), present)
+        raise DataError(f"{path}: the file has no rows")
+
+
+def empty_split_error(source, name: str, present) -> DataError:
+    """No row has split ``name``: name the splits present and the closest one (a typo, e.g. 'galery')."""
+    present = sorted({str(p) for p in present})
+    close = difflib.get_close_matches(name, present, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return DataError(f"{source}: split '{name}' is empty (splits present: {', '.join(present) or 'none'}){hint}")
 
 
 # Writing lives in data.writer; these names are looked up there on first use (no import cycle).

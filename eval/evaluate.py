@@ -29,8 +29,14 @@ from retrieval.eval.ranking import match_ranks, ranked_list_match_ranks
 from retrieval.common.progress import ProgressCallback
 
 
-# Top-k mode: what AP@k divides by (see evaluate_topk).
+# Top-k mode: what AP@k divides by (see evaluate_topk), and that convention in words.
 TOPK_AP_DENOMINATORS = ("in-list", "min-r-k")
+TOPK_AP_CONVENTIONS = {
+    "in-list": "AP of each top-{k} list over the true matches found in it (0 without one); "
+               "not the full-ranking mAP, and higher than it when lists miss matches",
+    "min-r-k": "AP of each top-{k} list over min(R, {k}), R = the query's true matches in the whole gallery; "
+               "not the full-ranking mAP",
+}
 
 PER_QUERY_SCHEMA = pa.schema(
     [

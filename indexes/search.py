@@ -1,6 +1,6 @@
 """Searching a faiss index: parameters that reach wrapped indexes, no -1 ids, exact and stable ties.
 
-Conventions (also in docs/sections/indexes.md):
+Conventions (also in docs/indexes.md):
 
 * Search parameters go through ``faiss.ParameterSpace`` so that ``nprobe`` reaches an IVF wrapped
   in a pre-transform (``OPQ8,IVF16,PQ8``): setting ``index.nprobe`` on the wrapper does nothing.

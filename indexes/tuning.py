@@ -1,7 +1,9 @@
 """Sweep nprobe (IVF) or efSearch (HNSW): recall@k against exact search and queries per second.
 
 recall@k of a query = |approximate top-k ∩ exact top-k| / k (row sets), averaged over queries.
-The cheapest setting is the smallest nprobe / efSearch whose recall meets the target.
+The cheapest setting is the smallest nprobe / efSearch whose recall meets the target. The exact
+search that gives the ground truth is a flat scan of the same queries: its queries per second
+are measured too, so a result can say when no setting of the index beats a flat scan.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ class TuneResult:
     target_recall: float
     sweep: list[dict]  # one {parameter value, recall, qps, seconds} per setting, cheapest first
     best: dict | None  # the cheapest setting meeting the target, or None when none does
+    flat_qps: float | None = None  # queries/s of an exact flat scan of the same queries (same run)
+
+    @property
+    def beats_flat(self) -> bool | None:
+        """Whether the cheapest setting meeting the target is faster than a flat scan (None: not measured)."""
+        if self.parameter is None or self.flat_qps is None:
+            return None
+        return self.best is not None and self.best["qps"] > self.flat_qps
 
     def to_dict(self) -> dict:
         return {
@@ -31,6 +41,9 @@ class TuneResult:
             "sweep": self.sweep,
             "best": self.best,
             "met": self.best is not None,
+            "flat_qps": self.flat_qps,
+            "beats_flat": self.beats_flat,
+            "recommendation": "flat" if self.beats_flat is False else None,
         }
 
 
@@ -51,10 +64,13 @@ def sweep_values(limit: int, start: int = 1) -> list[int]:
     return values
 
 
-def exact_truth(handle, queries: np.ndarray, k: int, gallery: np.ndarray | None) -> np.ndarray:
-    """Exact top-k rows: the index itself when exact, its stored vectors, or the given gallery."""
+def exact_truth(handle, queries: np.ndarray, k: int, gallery: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """Exact top-k rows (the index itself when exact, its stored vectors, or the given gallery) and
+    the seconds the flat scan took."""
     if handle.is_exact:
-        return handle.search(queries, k)[1]
+        started = time.perf_counter()
+        rows = handle.search(queries, k)[1]
+        return rows, time.perf_counter() - started
     if gallery is None and handle.stores_vectors:
         gallery = handle.index.reconstruct_n(0, handle.count)
     if gallery is None:
@@ -64,7 +80,9 @@ def exact_truth(handle, queries: np.ndarray, k: int, gallery: np.ndarray | None)
         )
     if len(gallery) != handle.count:
         raise FaissIndexError(f"the gallery given has {len(gallery)} rows, the index {handle.count}")
-    return exact_search(gallery, queries, k, handle.metric)[1]
+    started = time.perf_counter()
+    rows = exact_search(gallery, queries, k, handle.metric)[1]
+    return rows, time.perf_counter() - started
 
 
 def tune(
@@ -88,7 +106,7 @@ def tune(
         parameter, limit = "ef_search", max(handle.count, k)
     else:
         return TuneResult(None, k, target_recall, [], None if not handle.is_exact else {"recall": 1.0})
-    truth = exact_truth(handle, queries, k, gallery)
+    truth, flat_seconds = exact_truth(handle, queries, k, gallery)
     if values is None:
         values = sweep_values(limit) if parameter == "nprobe" else [v for v in sweep_values(min(limit, 4096), 16) if v >= k] or [k]
     sweep: list[dict] = []
@@ -104,4 +122,4 @@ def tune(
         if recall >= target_recall:
             best = entry
             break  # larger settings only cost more
-    return TuneResult(parameter, k, target_recall, sweep, best)
+    return TuneResult(parameter, k, target_recall, sweep, best, flat_qps=len(queries) / max(flat_seconds, 1e-9))

@@ -140,6 +140,22 @@ def runs_table(runs: list[RunFolder]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
 
 
+def filter_runs(rows: list[dict[str, Any]], *, kind: str | None = None, data: str | None = None,
+                last: int | None = None) -> list[dict[str, Any]]:
+    """The rows of ``runs_table`` that ``retrieve runs`` shows, oldest first.
+
+    ``kind``: evaluate, verify, search, train, …; ``data``: part of the embeddings file's path, or
+    the start of its content hash; ``last``: only the N most recent (after the other filters)."""
+    if kind is not None:
+        rows = [row for row in rows if row.get("kind") == kind]
+    if data is not None:
+        rows = [row for row in rows
+                if data in (row.get("embeddings") or "") or (row.get("content_hash") or "").startswith(data)]
+    if last is not None:
+        rows = rows[-last:] if last > 0 else []
+    return rows
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

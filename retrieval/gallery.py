@@ -252,13 +252,21 @@ class Gallery:
         paths = None if self.paths is None else np.asarray(self.paths, dtype=object)
         items = [
             RankedItem(item_id=str(self.ids[row]), distance=float(distance), status=status,
-                       image=None if paths is None or paths[row] is None else str(paths[row]))
+                       image=None if paths is None else self._image(paths[row]))
             for distance, row, status in zip(distances[0], rows[0], statuses)
         ]
-        query_image = None if query.path is None or query.path[0] is None else str(query.path[0])
+        query_image = None if query.path is None else self._image(query.path[0])
         caption = "" if query.pid is None else f"pid {int(query.pid[0])}" + (
             "" if query.camid is None else f", cam {int(query.camid[0])}")
         return Strip(query_id=str(query.ids[0]), items=items, query_image=query_image, caption=caption)
+
+    def _image(self, path) -> str | None:
+        """An image of the ``path`` column, relative paths beside the embeddings file (as reports do)."""
+        from retrieval.data.store import resolve_image_path
+
+        if path is None:
+            return None
+        return resolve_image_path(str(path), self.source if self._pool is not None else None)
 
     def _statuses(self, query: LabelledVectors, rows: np.ndarray, junk_pids: Sequence[int],
                   protocol: str | None) -> list[str]:

@@ -35,6 +35,22 @@ class RankedItem:
     distance: float | None
     status: str  # "match" | "non-match" | "junk"
     image: str | None = None
+    rank: int | None = None  # the protocol's rank, junk not counted (rankings' kept_rank); None: counted here
+
+
+def kept_ranks(items: Sequence[RankedItem]) -> list[int | None]:
+    """One rank numbering everywhere: the protocol's rank of each item, junk not counted (None).
+
+    Items carry it (``kept_rank`` of the run's rankings); otherwise it is counted along the list,
+    which starts at the first ranked item."""
+    ranks, counted = [], 0
+    for item in items:
+        if item.status == "junk":
+            ranks.append(None)
+            continue
+        counted += 1
+        ranks.append(item.rank if item.rank is not None else counted)
+    return ranks
 
 
 @dataclass(frozen=True)
@@ -105,15 +121,15 @@ def roc_figure(curves: Sequence[Curve], title: str = "VAL / FAR (ROC)") -> Figur
 
 
 def ap_histogram_figure(series: Sequence[tuple[str, np.ndarray]], bins: int = 20) -> Figure:
-    """Histogram of per-query average precision (valid queries), one outline per run."""
+    """Histogram of per-query average precision in % (valid queries), one outline per run and stage."""
     figure = new_figure(6.0, 4.0)
     axes = figure.add_subplot()
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.linspace(0.0, 100.0, bins + 1)
     for label, values in series:
-        values = np.asarray(values, dtype=float)
+        values = 100.0 * np.asarray(values, dtype=float)
         axes.hist(values[np.isfinite(values)], bins=edges, alpha=0.5 if len(series) > 1 else 0.8,
                   label=f"{label} (n={np.isfinite(values).sum()})", edgecolor="black", linewidth=0.5)
-    axes.set_xlabel("average precision of the query")
+    axes.set_xlabel("average precision of the query (%)")
     axes.set_ylabel("queries")
     axes.set_title("AP per query")
     if series:
@@ -172,11 +188,12 @@ def ranked_strips_figure(strips: Sequence[Strip], title: str = "") -> Figure:
     """One row per query: the query, then its ranked gallery items framed match / non-match / junk.
 
     Each row is drawn as one mosaic image (fast for many tiles). Images come from the items'
-    paths; a tile without a readable image shows the item's id and distance instead.
+    paths; a tile without a readable image shows the item's id and distance instead. Items are
+    numbered by the protocol's rank (junk not counted, as "first match #r" and the CMC count).
     """
     columns = 1 + max((len(strip.items) for strip in strips), default=0)
     rows = max(len(strips), 1)
-    height = 2.0 * rows + 1.0
+    height = 2.2 * rows + 1.0
     figure = new_figure(0.95 * columns + 0.3, height)
     step = TILE_WIDTH + TILE_GAP
     for number, strip in enumerate(strips):
@@ -186,18 +203,19 @@ def ranked_strips_figure(strips: Sequence[Strip], title: str = "") -> Figure:
         axes.set_axis_off()
         # (heading, text: in the tile when it has no image, else under it, colour, text always under it)
         labels = [("query", strip.query_id, STATUS_COLOURS["query"], strip.caption)]
-        for rank, item in enumerate(strip.items, start=1):
+        for rank, item in zip(kept_ranks(strip.items), strip.items):
             distance = "" if item.distance is None else f"\n{item.distance:.3f}"
-            labels.append((f"#{rank} {item.status}", f"{item.item_id}{distance}", STATUS_COLOURS.get(item.status, "black"), ""))
+            heading = "junk" if rank is None else f"#{rank} {item.status}"
+            labels.append((heading, f"{item.item_id}{distance}", STATUS_COLOURS.get(item.status, "black"), ""))
         for i, (heading, text, colour, under) in enumerate(labels):
             centre = i * step + TILE_WIDTH / 2
-            axes.text(centre, -4, heading, ha="center", va="bottom", fontsize=6, color=colour)
+            axes.text(centre, -4, heading, ha="center", va="bottom", fontsize=7.5, color=colour, fontweight="bold")
             if not has_image[i]:
-                axes.text(centre, TILE_HEIGHT / 2, text, ha="center", va="center", fontsize=5.5)
+                axes.text(centre, TILE_HEIGHT / 2, text, ha="center", va="center", fontsize=6.5)
             below = "\n".join(part for part in ((text if has_image[i] else ""), under) if part)
             if below:
-                axes.text(centre, TILE_HEIGHT + 3, below, ha="center", va="top", fontsize=5)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.3 / height, hspace=0.35, top=1 - 0.7 / height)
+                axes.text(centre, TILE_HEIGHT + 3, below, ha="center", va="top", fontsize=6.5)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.6 / height, hspace=0.45, top=1 - 0.7 / height)
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(title, fontsize=11)
     return figure

@@ -73,6 +73,19 @@ def _curves(run: RunFolder, kind: str) -> list[tuple[str, np.ndarray, np.ndarray
     return result
 
 
+def _ap_series(per_query: pa.Table | None, label: str) -> list[tuple[str, np.ndarray]]:
+    """Per-query AP of the valid queries, one series per stage (plain and re-ranked when the run re-ranked)."""
+    valid = _valid_rows(per_query)
+    if not valid:
+        return []
+    final = np.array([row["ap"] for row in valid])
+    before = [row.get("ap_before_rerank") for row in valid]
+    if all(value is None for value in before):
+        return [(label, final)]
+    before = np.array([np.nan if value is None else value for value in before], dtype=float)
+    return [(f"{label} (plain)", before), (f"{label} (rerank)", final)]
+
+
 def _cmc_from_per_query(per_query: pa.Table, max_rank: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
     if per_query is None or "first_match_rank" not in per_query.column_names:
         return None
@@ -123,14 +136,10 @@ def _paths_column(source: Path) -> dict[str, str]:
         table = pq.read_table(source, columns=["id", "path"])
     except (OSError, pa.ArrowException):
         return {}
-    paths = {}
-    for item_id, image in zip(table["id"].to_pylist(), table["path"].to_pylist()):
-        if image:
-            candidate = Path(image)
-            if not candidate.is_absolute() and not candidate.exists():
-                candidate = source.parent / image
-            paths[str(item_id)] = str(candidate)
-    return paths
+    from retrieval.data.store import resolve_image_path
+
+    return {str(item_id): resolve_image_path(image, source)
+            for item_id, image in zip(table["id"].to_pylist(), table["path"].to_pylist()) if image}
 
 
 def _warn_missing_images(strips: list[Strip], run: RunFolder) -> None:
@@ -164,13 +173,14 @@ def worst_query_strips(run: RunFolder, count: int = WORST_QUERIES, length: int =
             Strip(
                 query_id=query_id,
                 query_image=images.get(query_id),
-                caption=f"AP {row['ap']:.3f}, first match #{row.get('first_match_rank')}",
+                caption=f"AP {100 * row['ap']:.1f} %\nfirst match #{row.get('first_match_rank')}",
                 items=[
                     RankedItem(
                         item_id=str(item["gallery_id"]),
                         distance=item.get("distance"),
                         status="junk" if item.get("is_junk") else ("match" if item.get("is_match") else "non-match"),
                         image=images.get(str(item["gallery_id"])),
+                        rank=item.get("kept_rank"),
                     )
                     for item in items
                 ],
@@ -203,20 +213,20 @@ def report_figures(runs: Sequence[RunFolder]) -> list[ReportFigure]:
             stages = [("final", *fallback)] if fallback else []
         cmc += [Curve(f"{label} ({stage})", x, y) for stage, x, y in stages]
         roc += [Curve(f"{label} ({stage})", x, y) for stage, x, y in _curves(run, "roc")]
-        valid = _valid_rows(read_run_table(run.path, "per_query"))
-        if valid:
-            histograms.append((label, np.array([row["ap"] for row in valid])))
+        histograms += _ap_series(read_run_table(run.path, "per_query"), label)
     if cmc:
         figures.append(ReportFigure("cmc", "CMC curve", figure_png(cmc_figure(cmc))))
     if roc:
         figures.append(ReportFigure("roc", "VAL / FAR (ROC) curve", figure_png(roc_figure(roc))))
     if histograms:
-        figures.append(ReportFigure("ap_histogram", "AP per query", figure_png(ap_histogram_figure(histograms))))
+        figures.append(ReportFigure("ap_histogram", "AP per query (valid queries, each stage)",
+                                    figure_png(ap_histogram_figure(histograms))))
     for index, (run, label) in enumerate(zip(runs, labels)):
         strips = worst_query_strips(run)
         if strips:
             name = "worst_queries" if len(runs) == 1 else f"worst_queries_{'ab'[index]}"
-            title = f"Worst queries by AP, {label}"
+            title = (f"Worst queries by AP, {label}: the top {STRIP_LENGTH} of the final stage, "
+                     "numbered by the protocol's rank (junk not counted)")
             figures.append(ReportFigure(name, title, figure_png(ranked_strips_figure(strips, title))))
     return figures
 
@@ -232,6 +242,34 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}" if np.isfinite(value) else "NaN"
     return _esc(value)
+
+
+def _percent(value: Any) -> str | None:
+    """A stored fraction shown as the CLI shows it: percent with two decimals."""
+    if value is None or not np.isfinite(value):
+        return None
+    return f"{100.0 * value:.2f}"
+
+
+def _points(delta: Any) -> str | None:
+    """A difference of fractions in percentage points, signed."""
+    if delta is None or not np.isfinite(delta):
+        return None
+    return f"{100.0 * delta:+.2f}"
+
+
+def _interval(run: RunFolder, name: str) -> str | None:
+    """The run's bootstrap interval of one metric (``evaluate --ci``), in percent."""
+    ci = (run.record.get("result") or {}).get("ci") or {}
+    bounds = ci.get(name)
+    if not bounds or len(bounds) != 2:
+        return None
+    return f"{_percent(bounds[0])} – {_percent(bounds[1])}"
+
+
+def _ci_level(run: RunFolder) -> str | None:
+    ci = (run.record.get("result") or {}).get("ci") or {}
+    return f"{int(round(100 * ci['level']))}% CI" if ci.get("level") else None
 
 
 def _html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -267,21 +305,25 @@ def _metric_rows(run: RunFolder) -> dict[tuple[str, str], dict]:
 
 
 def _metrics_section(runs: Sequence[RunFolder]) -> str:
+    """Metrics in percent (as the CLI prints them), differences in points, with ``--ci`` intervals."""
     tables = [_metric_rows(run) for run in runs]
     keys = list(dict.fromkeys(key for table in tables for key in table))
     if not keys:
         return "<h2>Metrics</h2><p>This run stored no metrics.</p>"
     conventions = ["protocol", "ap_variant", "metric_distance"]
+    levels = [_ci_level(run) for run in runs]
     if len(runs) == 1:
-        # One row per metric, one column per stage (plain, rerank).
+        # One row per metric, one column per stage (plain, rerank); the interval is of the final stage.
         stages = list(dict.fromkeys(stage for _, stage in keys))
         names = list(dict.fromkeys(name for name, _ in keys))
         rows = []
         for name in names:
             first = next(tables[0][(name, stage)] for stage in stages if (name, stage) in tables[0])
-            rows.append([name, *(tables[0].get((name, stage), {}).get("value") for stage in stages),
-                         *(first.get(c) for c in conventions)])
-        table = _html_table(["metric", *(stage or "value" for stage in stages), *conventions], rows)
+            ci = [_interval(runs[0], name)] if levels[0] else []
+            rows.append([name, *(_percent(tables[0].get((name, stage), {}).get("value")) for stage in stages),
+                         *ci, *(first.get(c) for c in conventions)])
+        ci_head = [f"{levels[0]} ({stages[-1] or 'value'})"] if levels[0] else []
+        table = _html_table(["metric", *(f"{stage or 'value'} %" for stage in stages), *ci_head, *conventions], rows)
     else:
         rows = []
         for m, s in keys:
@@ -289,9 +331,11 @@ def _metrics_section(runs: Sequence[RunFolder]) -> str:
             b = tables[1].get((m, s), {}).get("value")
             delta = None if a is None or b is None else b - a
             source = tables[0].get((m, s)) or tables[1].get((m, s))
-            rows.append([m, s, a, b, delta, *(source.get(c) for c in conventions)])
-        table = _html_table(["metric", "stage", "A", "B", "B - A", *conventions], rows)
-    return f"<h2>Metrics</h2><p>Values are fractions (multiply by 100 for percent).</p>{table}"
+            ci = [_interval(run, m) for run, level in zip(runs, levels) if level]
+            rows.append([m, s, _percent(a), _percent(b), _points(delta), *ci, *(source.get(c) for c in conventions)])
+        ci_head = [f"{'AB'[i]} {level}" for i, level in enumerate(levels) if level]
+        table = _html_table(["metric", "stage", "A %", "B %", "B - A (points)", *ci_head, *conventions], rows)
+    return f"<h2>Metrics</h2><p>Values in percent, differences in percentage points, as the command line prints them.</p>{table}"
 
 
 def _comparison_section(runs: Sequence[RunFolder]) -> str:
@@ -310,8 +354,9 @@ def _comparison_section(runs: Sequence[RunFolder]) -> str:
         )
         parts.append(
             _html_table(
-                ["metric", "A", "B", "delta", "low", "high"],
-                [[m["metric"], m["a"], m["b"], m["delta"], m["low"], m["high"]] for m in result["per_query_metrics"]],
+                ["metric", "A %", "B %", "B - A (points)", "interval (points)"],
+                [[m["metric"], _percent(m["a"]), _percent(m["b"]), _points(m["delta"]),
+                  f"{_points(m['low'])} – {_points(m['high'])}"] for m in result["per_query_metrics"]],
             )
         )
         counts = result["counts"]
@@ -322,8 +367,9 @@ def _comparison_section(runs: Sequence[RunFolder]) -> str:
             parts.append("<h3>Largest AP drops</h3>")
             parts.append(
                 _html_table(
-                    ["query_id", "pid", "AP A", "AP B", "delta"],
-                    [[c["query_id"], c["pid"], c["ap_a"], c["ap_b"], c["delta"]] for c in result["largest_drops"]],
+                    ["query_id", "pid", "AP A %", "AP B %", "B - A (points)"],
+                    [[c["query_id"], c["pid"], _percent(c["ap_a"]), _percent(c["ap_b"]), _points(c["delta"])]
+                     for c in result["largest_drops"]],
                 )
             )
     for note in result["warnings"]:

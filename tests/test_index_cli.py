@@ -97,7 +97,7 @@ def test_text_output_and_pq_tuning_from_the_source_file(tmp_path, embeddings, ca
         (["--kind", "ivf", "--nlist", "5000"], 1, "nlist 5000 needs at least 5000 training rows"),
         (["--kind", "ivf", "--factory", "Flat"], 2, "not both"),
         (["--nlist", "0"], 2, "must be at least 1"),
-        (["--split", "train"], 1, "split(s) train are empty"),
+        (["--split", "train"], 1, "split 'train' is empty"),
     ],
 )
 def test_build_errors_are_one_line(tmp_path, embeddings, capsys, argv, code, message):

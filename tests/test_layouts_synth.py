@@ -68,7 +68,7 @@ def test_lfw_layout_ids_match_the_pairs_convention(tmp_path):
           "Zico/Zico_0001.jpg")
     rows = build_manifest("lfw", tmp_path).to_pylist()
     assert [(r["id"], r["pid"], r["camid"], r["split"]) for r in rows] == [
-        ("Aaron_Peirsol_0001", 0, None, "free"), ("Aaron_Peirsol_0002", 0, None, "free"), ("Zico_0001", 1, None, "free")]
+        ("Aaron_Peirsol_0001", 1, None, "free"), ("Aaron_Peirsol_0002", 1, None, "free"), ("Zico_0001", 2, None, "free")]
 
 
 @pytest.mark.parametrize("kind, present, missing", [

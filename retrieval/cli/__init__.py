@@ -10,5 +10,8 @@ from retrieval.cli import index_commands  # noqa: E402,F401  build-index, search
 from retrieval.cli import catalogue_commands  # noqa: E402,F401  runs, sql, compare, report
 from retrieval.cli import train_commands  # noqa: E402,F401  train, embed
 from retrieval.cli import demo_command  # noqa: E402,F401  demo
+from retrieval.cli.reference import add_reference_epilogs  # noqa: E402
+
+add_reference_epilogs(app)  # each command's --help ends with its docs page
 
 __all__ = ["app", "main", "run"]

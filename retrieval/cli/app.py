@@ -59,13 +59,20 @@ def error_line(exc: BaseException) -> str:
     return " ".join(text.splitlines())
 
 
+def command():
+    """The click command behind ``app``, its help texts polished (``retrieval.cli.help_text``)."""
+    from retrieval.cli.help_text import polish
+
+    return polish(typer.main.get_command(app))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (used by ``main`` and by the tests)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _debug["on"] = bool(os.environ.get("RETRIEVE_DEBUG")) or "--debug" in argv
     try:
         # standalone mode: usage errors print themselves and exit 2, --help/--version exit 0.
-        app(args=argv, prog_name="retrieve", standalone_mode=True)
+        command().main(args=argv, prog_name="retrieve", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except OptionError as exc:  # an option value the job refused: a usage error, as typer's own

@@ -10,17 +10,26 @@ from typing import Any, Optional
 import typer
 
 from retrieval.cli.app import app
-from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.cli.options import OVERWRITE_HELP, at_least
 from retrieval.console import print_json, warnings_on_stderr
-from retrieval.errors import RetrieveError
+from retrieval.errors import OptionError, RetrieveError
 
 WORKSPACE_HELP = "Workspace folder holding the runs (default: $RETRIEVE_WORKSPACE or ./retrieve-runs)."
 
 
-def _text_table(columns: list[str], rows: list[list[Any]]) -> str:
-    """A plain aligned text table (pipes and terminals alike)."""
+def _text_table(columns: list[str], rows: list[list[Any]], width: Optional[int] = None) -> str:
+    """A plain aligned text table (pipes and terminals alike).
+
+    ``width``: fit lines into it by shortening the last column (cut with "…"); None: full lines."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)]
+    if width is not None and columns:
+        room = max(len(columns[-1]), width - sum(w + 2 for w in widths[:-1]))
+        if widths[-1] > room:
+            widths[-1] = room
+            for row in cells:
+                if len(row[-1]) > room:
+                    row[-1] = row[-1][: room - 1] + "…"
     lines = ["  ".join(column.ljust(width) for column, width in zip(columns, widths)).rstrip()]
     lines.append("  ".join("-" * width for width in widths))
     lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
@@ -45,29 +54,32 @@ def _percent(value: Optional[float]) -> str:
 @app.command("runs")
 def runs_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WORKSPACE_HELP),
+    last: Optional[int] = typer.Option(None, "--last", callback=at_least(1, "--last"), help="Only the N most recent runs [default: all]."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only runs of this kind: evaluate, verify, search, train, … [default: all]."),
+    data: Optional[str] = typer.Option(None, "--data", help="Only runs on this data: part of the embeddings file's path, or the start of its content hash [default: all]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {workspace, runs: [...]} (metrics as fractions)."),
 ) -> None:
     """List the runs of the workspace: id, time, command, data hash, headline metrics (in %)."""
-    from retrieval.catalogue import discover_runs, runs_table
+    from retrieval.catalogue import discover_runs, filter_runs, runs_table
     from retrieval.workspace import resolve_workspace
 
     root = resolve_workspace(workspace)
     runs, skipped = discover_runs(root)
     for path, reason in skipped:
         typer.echo(f"retrieve: warning: skipped {path}: {reason}", err=True)
-    table = runs_table(runs).to_pylist()
+    every = runs_table(runs).to_pylist()
+    table = filter_runs(every, kind=kind, data=data, last=last)
     if as_json:
         print_json({"workspace": str(root), "runs": table, "skipped": [str(path) for path, _ in skipped]}, indent=2)
         return
     if not table:
-        why = "" if root.is_dir() else " (the folder does not exist)"
-        typer.echo(f"No runs in workspace {root}{why}.", err=True)
+        typer.echo(_no_runs_message(root, every, kind, data), err=True)
         return
     columns = ["run_id", "created", "kind", "data hash", "mAP%", "rank-1%", "acc%", "AUC%", "command"]
     rows = [
         [
             run["run_id"],
-            run["created"],
+            _minutes(run["created"]),
             run["kind"],
             (run["content_hash"] or "")[:12],
             _percent(run["mAP"] if run["mAP"] is not None else run["mAP_at_k"]),
@@ -78,7 +90,36 @@ def runs_command(
         ]
         for run in table
     ]
-    typer.echo(_text_table(columns, rows))
+    typer.echo(_text_table(columns, rows, width=_output_width()))
+
+
+def _minutes(created: Any) -> str:
+    """``2026-11-25T11:53:06+00:00`` -> ``2026-11-25 11:53Z`` (UTC, as stored; --json keeps it whole)."""
+    text = "" if created is None else str(created)
+    return text[:16].replace("T", " ") + ("Z" if text.endswith(("+00:00", "Z")) else "")
+
+
+def _output_width() -> Optional[int]:
+    """The terminal's width when stdout is one (or $COLUMNS is set); None in a pipe: full lines."""
+    import os
+    import shutil
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _no_runs_message(root: Path, every: list[dict], kind: Optional[str], data: Optional[str]) -> str:
+    import difflib
+
+    if not every:
+        why = "" if root.is_dir() else " (the folder does not exist)"
+        return f"No runs in workspace {root}{why}."
+    message = f"No run of the {len(every)} in workspace {root} matches"
+    message += "".join(f" {flag} {value!r}" for flag, value in (("--kind", kind), ("--data", data)) if value)
+    kinds = sorted({str(run["kind"]) for run in every})
+    close = difflib.get_close_matches(kind, kinds, n=1) if kind else []
+    return message + (f"; did you mean --kind {close[0]}?" if close else f" (kinds here: {', '.join(kinds)}).")
 
 
 # ------------------------------------------------------------------------------------------ sql
@@ -161,7 +202,7 @@ def sql_command(
     from retrieval.catalogue import connect
 
     if as_csv and as_json:
-        raise typer.BadParameter("choose one of --csv and --json", param_hint="--csv/--json")
+        raise OptionError("choose one of --csv and --json", "--csv/--json")
     output = "json" if as_json else ("csv" if as_csv else "table")
     with warnings_on_stderr():
         connection = connect(workspace)
@@ -195,7 +236,7 @@ def _interactive(connection, output: str) -> bool:
 
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
-        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {confidence}", param_hint="--confidence")
+        raise OptionError(f"must be between 0 and 1 (exclusive), got {confidence}", "--confidence")
 
 
 @app.command("compare")
@@ -204,8 +245,8 @@ def compare_command(
     run_b: str = typer.Argument(..., help="Run B: a run folder, or a run id in the workspace."),
     confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the bootstrap intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
-    resamples: int = typer.Option(1000, "--resamples", min=1, help="Bootstrap resamples."),
-    largest: int = typer.Option(10, "--largest", min=0, help="How many of the largest per-query changes to list."),
+    resamples: int = typer.Option(1000, "--resamples", callback=at_least(1, "--resamples"), help="Bootstrap resamples."),
+    largest: int = typer.Option(10, "--largest", callback=at_least(0, "--largest"), help="How many of the largest per-query changes to list."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WORKSPACE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (fractions; delta = B - A)."),
 ) -> None:
@@ -222,20 +263,27 @@ def compare_command(
     typer.echo(_compare_text(result))
 
 
+def _points(delta: Optional[float]) -> str:
+    """A difference of two fractions in percentage points, signed."""
+    return "" if delta is None else f"{100.0 * delta:+.2f}"
+
+
 def _compare_text(result: dict) -> str:
+    """Every value in percent, every difference in percentage points (pp), as the evaluate table."""
     level = int(round(100 * result["confidence"]))
-    lines = [f"A = {result['run_a']}", f"B = {result['run_b']}", ""]
+    lines = [f"A = {result['run_a']}", f"B = {result['run_b']}", "",
+             "Values in %, differences B - A in percentage points (pp)."]
     if result["per_query_metrics"]:
         lines.append(
             f"Per-query metrics over {result['matched_queries']} queries valid in both runs "
-            f"(delta = B - A in points, paired bootstrap {level}% CI, seed {result['seed']}):"
+            f"(paired bootstrap {level}% CI, seed {result['seed']}):"
         )
         rows = [
-            [m["metric"], _percent(m["a"]), _percent(m["b"]), f"{100 * m['delta']:+.2f}",
-             f"[{100 * m['low']:+.2f}, {100 * m['high']:+.2f}]"]
+            [m["metric"], _percent(m["a"]), _percent(m["b"]), _points(m["delta"]),
+             f"[{_points(m['low'])}, {_points(m['high'])}]"]
             for m in result["per_query_metrics"]
         ]
-        lines += [_text_table(["metric", "A %", "B %", "delta", f"{level}% CI"], rows), ""]
+        lines += [_text_table(["metric", "A %", "B %", "B - A pp", f"{level}% CI pp"], rows), ""]
         counts = result["counts"]
         lines.append(
             f"Queries by AP: {counts['improved']} improved, {counts['worsened']} worsened, {counts['unchanged']} unchanged."
@@ -243,19 +291,15 @@ def _compare_text(result: dict) -> str:
     stored = [m for m in result["metrics"] if m["metric"] not in {p["metric"] for p in result["per_query_metrics"]}]
     if stored:
         lines += ["", "Other stored metrics (no per-query values, no interval):"]
-        lines.append(
-            _text_table(
-                ["metric", "A", "B", "delta"],
-                [[m["metric"], _cell(m["a"]), _cell(m["b"]), "" if m["delta"] is None else f"{m['delta']:+.6g}"] for m in stored],
-            )
-        )
+        lines.append(_text_table(["metric", "A %", "B %", "B - A pp"],
+                                 [[m["metric"], _percent(m["a"]), _percent(m["b"]), _points(m["delta"])] for m in stored]))
     for title, key in (("Largest AP drops", "largest_drops"), ("Largest AP gains", "largest_gains")):
         if result.get(key):
             lines += ["", f"{title}:"]
             lines.append(
                 _text_table(
-                    ["query_id", "pid", "AP A", "AP B", "delta", "first match A", "first match B"],
-                    [[c["query_id"], c["pid"], f"{c['ap_a']:.4f}", f"{c['ap_b']:.4f}", f"{c['delta']:+.4f}",
+                    ["query_id", "pid", "AP A %", "AP B %", "B - A pp", "first match A", "first match B"],
+                    [[c["query_id"], c["pid"], _percent(c["ap_a"]), _percent(c["ap_b"]), _points(c["delta"]),
                       c["first_match_rank_a"], c["first_match_rank_b"]] for c in result[key]],
                 )
             )

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from retrieval.cli.app import app
-from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.cli.options import OVERWRITE_HELP, at_least
 from retrieval.console import err_console, print_json, say, stdout_console
+from retrieval.errors import OptionError
 from retrieval.progress import stage_progress
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class PresetName(str, Enum):
     msmt17 = "msmt17"
     veri = "veri"
     million = "million"
+    lfw = "lfw"
 
 
 def _write_table(out: Path, table: "pa.Table", model: Optional[str], overwrite: bool) -> None:
@@ -78,7 +80,7 @@ def import_command(
         table = importers.import_mat(source)
     elif suffix in (".csv", ".tsv", ".tab"):
         if vectors is None:
-            raise typer.BadParameter("a CSV/TSV manifest needs --vectors FILE", param_hint="--vectors")
+            raise OptionError("a CSV/TSV manifest needs --vectors FILE", "--vectors")
         table = importers.import_manifest(source, vectors, keys)
     elif suffix in (".pt", ".pth"):
         table = importers.import_torch(source, keys, split)
@@ -86,7 +88,7 @@ def import_command(
         raise DataError(f"{source}: unknown input type '{suffix}' (expected .npy, .npz, .mat, .csv, .tsv or .pt)")
     if layout is not None:
         if layout_root is None:
-            raise typer.BadParameter("--layout needs --layout-root", param_hint="--layout-root")
+            raise OptionError("--layout needs --layout-root", "--layout-root")
         from retrieval.data.layouts import build_manifest
 
         table = importers.join_manifest_by_path(build_manifest(layout.value, layout_root), table)
@@ -121,13 +123,24 @@ def layout_command(
 
 @app.command("synth")
 def synth_command(
-    preset: PresetName = typer.Option(PresetName.small, "--preset", help="Shape of a real data set (see the README table)."),
+    preset: PresetName = typer.Option(PresetName.small, "--preset", help="Shape of a real data set (docs/data.md lists them)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same file."),
     out: Path = typer.Option(..., "--out", "-o", help="Embeddings Parquet file to write."),
-    difficulty: float = typer.Option(1.0, "--difficulty", min=0.0, help="Scales camera, pose and noise terms (1.0: realistic)."),
+    difficulty: float = typer.Option(1.0, "--difficulty", callback=at_least(0.0, "--difficulty"), help="Scales camera, pose and noise terms (1.0: realistic)."),
+    pairs_out: Optional[Path] = typer.Option(
+        None, "--pairs-out", help="With --preset lfw: where the pairs file goes (default: beside --out, lfw.parquet -> lfw.pairs.txt)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """Generate synthetic embeddings at the shape of Market-1501, MSMT17, VeRi-776 or a million gallery."""
+    """Generate synthetic embeddings at the shape of Market-1501, MSMT17, VeRi-776, LFW or a million gallery."""
+    if preset is PresetName.lfw:
+        from retrieval.data.lfw_synth import generate_lfw
+
+        _, pairs = generate_lfw(seed, out, pairs_out, difficulty=difficulty, overwrite=overwrite)
+        err_console().print(f"wrote {out} and its pairs file {pairs}")
+        return
+    if pairs_out is not None:
+        raise OptionError("only the lfw preset writes a pairs file", "--pairs-out")
     from retrieval.data.synth import generate
 
     with stage_progress() as progress:
@@ -187,6 +200,8 @@ def info_command(
     from rich.table import Table
 
     table = Table(title=f"{path}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")  # long values wrap, never end in "…"
     table.add_row("rows", str(info["rows"]))
     table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in info["splits"].items()))
     table.add_row("dimension", str(info["dim"]))
@@ -195,5 +210,6 @@ def info_command(
     table.add_row("L2-normalised", "yes" if info["normalized"] else "no")
     for key, value in info["metadata"].items():
         table.add_row(key, value)
-    table.add_row("content hash", info["content_hash"])
     stdout_console().print(table)
+    # the whole hash on one line of its own, whatever the terminal width (to copy and compare)
+    stdout_console().print(f"content hash {info['content_hash']}", soft_wrap=True, markup=False, highlight=False)

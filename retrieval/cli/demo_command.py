@@ -30,13 +30,11 @@ def demo_command(
 
     The demo's own outputs in the workspace are replaced when it runs again (--overwrite).
     """
-    from retrieval.common.atomic import write_bytes
-    from retrieval.data import SAMPLE_EMBEDDINGS
+    from retrieval.data.sample import install_sample
 
     ws = resolve_workspace(workspace)
     sample_dir = ws / "sample"
-    embeddings = sample_dir / "embeddings.parquet"
-    write_bytes(embeddings, SAMPLE_EMBEDDINGS.read_bytes(), overwrite=True)
+    embeddings = install_sample(sample_dir)  # the sample plus one small PNG per row, for the report's tiles
     index_dir = sample_dir / "index-flat"
     run_dir = ws / "demo-evaluate-rerank"
     report = ws / "demo-report.html"

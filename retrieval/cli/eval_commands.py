@@ -16,7 +16,7 @@ import typer
 from retrieval.common.metrics import EVAL_METRICS
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
-from retrieval.cli.options import OVERWRITE_HELP, parse_cmc_ranks, parse_junk_pids
+from retrieval.cli.options import OVERWRITE_HELP, at_least, parse_cmc_ranks, parse_junk_pids
 
 
 MetricName = Enum("MetricName", {name: name for name in EVAL_METRICS}, type=str)  # the distance core's names
@@ -56,7 +56,8 @@ def print_table(evaluation, run_dir: Path) -> None:
 
     final, ci = evaluation.final, evaluation.ci
     rerank_params, cmc_ranks, reranked = evaluation.rerank_params, evaluation.options.cmc_ranks, evaluation.reranked
-    table = Table(title=_title(final, rerank_params), title_justify="left")
+    table = Table(title=_title(final, rerank_params), title_justify="left", caption=_caption(final),
+                  caption_justify="left")
     table.add_column("metric (%)")
     if reranked:
         table.add_column("before re-rank", justify="right")
@@ -66,12 +67,22 @@ def print_table(evaluation, run_dir: Path) -> None:
         table.add_column("value", justify="right")
     if ci:
         table.add_column(f"{int(round(ci['level'] * 100))}% CI", justify="right")
-    ap_label = "mAP" if final.topk is None else f"mAP@{final.topk}"
+    ap_label = "mAP" if final.topk is None else f"mAP@{final.topk} ({final.topk_ap})"
     names = [(ap_label, "mAP"), ("mINP", "mINP"), ("mAP@R", "mAP_at_R")] + [(f"rank-{k}", k) for k in cmc_ranks]
     for label, key in names:
         table.add_row(*_row(evaluation, label, key))
     stdout_console().print(table)
     err_console().print(f"run folder: {run_dir}")
+
+
+def _caption(final) -> Optional[str]:
+    """Top-k mode: the AP@k convention, named under the table (not only in the JSON)."""
+    from retrieval.eval.evaluate import TOPK_AP_CONVENTIONS
+
+    if final.topk is None:
+        return None
+    words = TOPK_AP_CONVENTIONS[final.topk_ap].format(k=final.topk)
+    return f"mAP@{final.topk} ({final.topk_ap}, --topk-ap): {words}."
 
 
 def _title(final, rerank_params: Optional[dict]) -> str:
@@ -128,7 +139,7 @@ def evaluate_command(
     ap: ApName = typer.Option(ApName.standard, "--ap", help="AP variant: standard (non-interpolated) or market (official trapezoid)."),
     cmc_ranks: str = typer.Option("1,5,10,20", help="CMC ranks shown in the table (the whole curve to 50 is always stored)."),
     cmc_mode: CmcModeName = typer.Option(CmcModeName.multi, help="CMC: multi-gallery-shot, or CUHK03 single-gallery-shot (sampled, seeded)."),
-    repeats: int = typer.Option(10, min=1, help="Repetitions of single-gallery-shot sampling."),
+    repeats: int = typer.Option(10, callback=at_least(1, "--repeats"), help="Repetitions of single-gallery-shot sampling."),
     device: DeviceName = typer.Option(DeviceName.auto, help="Where distances are computed: auto uses a CUDA GPU when torch sees one."),
     rerank: bool = typer.Option(False, "--rerank", help="Apply k-reciprocal re-ranking (Zhong et al. 2017)."),
     k1: int = typer.Option(20, "--k1", help="Re-ranking k1."),
@@ -137,8 +148,8 @@ def evaluate_command(
     rerank_distance: RerankDistanceName = typer.Option(RerankDistanceName.squared, help="squared (the paper) or toolkit (a squared distance squared again, as common toolkits do)."),
     rerank_exclude_junk: bool = typer.Option(False, "--rerank-exclude-junk", help="Leave junk-pid items out of the re-ranking graph."),
     index: Optional[Path] = typer.Option(None, "--index", help="Evaluate an index's top-k lists instead of full rankings (AP labelled mAP@k)."),
-    k: int = typer.Option(100, "--k", min=1, help="With --index: list length."),
-    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="With --index: IVF cells probed (default: the index's)."),
+    k: int = typer.Option(100, "--k", callback=at_least(1, "--k"), help="With --index: list length."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", callback=at_least(1, "--nprobe"), help="With --index: IVF cells probed (default: the index's)."),
     topk_ap: TopkApName = typer.Option(TopkApName.in_list, "--topk-ap", help="With --index: AP@k divides by the matches found in the list (in-list) or by min(R, k) (min-r-k)."),
     keep_top: int = typer.Option(10, "--keep-top", min=0, help="Items per query kept in rankings.parquet (each with its exact distance; more costs a little time)."),
     ci: Optional[float] = typer.Option(None, "--ci", help="Bootstrap confidence level for mAP and rank-1 over queries, e.g. 0.95."),

@@ -195,9 +195,14 @@ def tune_command(
     console.print(f"{result.parameter:>10}  recall@{k}  queries/s", markup=False)
     for entry in result.sweep:
         console.print(f"{entry[result.parameter]:>10}  {entry['recall']:.4f}    {entry['qps']:.0f}", markup=False)
+    console.print(f"{'flat scan':>10}  1.0000    {result.flat_qps:.0f}   (exact, the same queries)", markup=False)
     if result.best is None:
         err_console().print(f"warning: no setting reached recall@{k} {target_recall}; defaults unchanged", markup=False)
     else:
         where = "saved as the index default" if saved else "not saved (--no-save)"
         console.print(f"cheapest meeting recall@{k} ≥ {target_recall}: {result.parameter} "
                       f"{result.best[result.parameter]} ({where})", markup=False)
+    if result.beats_flat is False:
+        err_console().print(
+            f"warning: no {result.parameter} setting beats a flat scan at recall@{k} ≥ {target_recall} on these queries "
+            f"(flat: {result.flat_qps:.0f} queries/s, exact); build this gallery with --kind flat", markup=False)

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-import typer
+from typing import Callable, Optional, TypeVar
+
+from retrieval.errors import OptionError
+
+Number = TypeVar("Number", int, float)
+
+
+def at_least(minimum: Number, option: str) -> Callable[[Optional[Number]], Optional[Number]]:
+    """A typer callback: values below ``minimum`` are a usage error in the product's one wording
+    ("invalid value for --k: must be at least 1, got 0"), the same as the jobs' own checks."""
+
+    def check(value: Optional[Number]) -> Optional[Number]:
+        if value is not None and value < minimum:
+            raise OptionError(f"must be at least {minimum}, got {value}", option)
+        return value
+
+    return check
 
 
 def parse_int_list(text: str, option: str, example: str) -> list[int]:
@@ -10,8 +26,7 @@ def parse_int_list(text: str, option: str, example: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers such as {example}, got {text!r}",
-                                 param_hint=option) from None
+        raise OptionError(f"expected comma-separated integers such as {example}, got {text!r}", option) from None
 
 
 def parse_junk_pids(text: str) -> tuple[int, ...]:
@@ -24,7 +39,7 @@ def parse_junk_pids(text: str) -> tuple[int, ...]:
 def parse_cmc_ranks(text: str) -> tuple[int, ...]:
     ranks = sorted(set(parse_int_list(text, "--cmc-ranks", "1,5,10,20")))
     if not ranks or ranks[0] < 1:
-        raise typer.BadParameter(f"ranks must be integers ≥ 1, got {text!r}", param_hint="--cmc-ranks")
+        raise OptionError(f"ranks must be integers ≥ 1, got {text!r}", "--cmc-ranks")
     return tuple(ranks)
 
 
@@ -32,10 +47,9 @@ def parse_fars(text: str) -> tuple[float, ...]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers such as 1e-1,1e-3, got {text!r}",
-                                 param_hint="--far") from None
+        raise OptionError(f"expected comma-separated numbers such as 1e-1,1e-3, got {text!r}", "--far") from None
     if not values or any(not 0 < v < 1 for v in values):
-        raise typer.BadParameter(f"FAR targets must lie strictly between 0 and 1, got {text!r}", param_hint="--far")
+        raise OptionError(f"FAR targets must lie strictly between 0 and 1, got {text!r}", "--far")
     return tuple(values)
 
 

@@ -96,13 +96,13 @@ class EvaluateOptions:
         if not self.cmc_ranks or min(self.cmc_ranks) < 1:
             raise OptionError(f"ranks must be integers ≥ 1, got {list(self.cmc_ranks)}", "--cmc-ranks")
         if self.max_rank is not None and self.max_rank < 1:
-            raise OptionError(f"max_rank must be at least 1, got {self.max_rank}", "--max-rank")
+            raise OptionError(f"must be at least 1, got {self.max_rank}", "--max-rank")
         if self.ci is not None and not 0.0 < self.ci < 1.0:
             raise OptionError(f"the confidence level must be within (0, 1), got {self.ci}", "--ci")
         if self.metric is not None and self.metric not in METRICS:
             raise OptionError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRICS)}", "--metric")
         if self.index is not None and self.index.k < 1:
-            raise OptionError(f"k must be at least 1, got {self.index.k}", "--k")
+            raise OptionError(f"must be at least 1, got {self.index.k}", "--k")
         if self.rerank is not None:
             self.rerank.check()
 

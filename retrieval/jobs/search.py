@@ -96,14 +96,46 @@ def search(index_dir: Path, queries_file: Path, options: SearchOptions, out: Pat
     queries = labelled(emb, name="queries")
     timings = {"load": time.perf_counter() - started}
     started = time.perf_counter()
-    progress("search", 0, len(queries))
-    found = handle.search_detailed(queries.vectors, options.k, nprobe=options.nprobe, ef_search=options.ef_search)
-    progress("search", len(queries), len(queries))
+    found = search_with_progress(handle, queries.vectors, options, progress)
     timings["search"] = time.perf_counter() - started
     rankings, protocol = rankings_table(handle, queries, found.distances, found.rows, options)
     inputs = {**input_paths(embeddings=queries_file), "content_hash": emb.content_hash(),
               "gallery_content_hash": handle.manifest.get("content_hash"), **input_paths(index=index_dir)}
     return Search(handle, queries, split, found, rankings, protocol, options, inputs, timings)
+
+
+SEARCH_BATCH_ROWS = 512  # queries per call: a progress step, and still a full BLAS / faiss batch
+
+
+def search_with_progress(handle, vectors: np.ndarray, options: SearchOptions, progress: ProgressCallback,
+                         batch_rows: int = SEARCH_BATCH_ROWS):
+    """``handle.search_detailed`` over batches of queries, reporting each batch (the same result:
+    every query is searched on its own, whatever batch it is in)."""
+    from retrieval.indexes.search import SearchResult
+
+    n = len(vectors)
+    progress("searching the index", 0, n)
+    parts = []
+    for start in range(0, max(n, 1), batch_rows):
+        parts.append(handle.search_detailed(vectors[start:start + batch_rows], options.k,
+                                            nprobe=options.nprobe, ef_search=options.ef_search))
+        progress("searching the index", min(start + batch_rows, n), n)
+    if len(parts) == 1:
+        return parts[0]
+    return SearchResult(np.concatenate([p.distances for p in parts]), np.concatenate([p.rows for p in parts]),
+                        parts[0].params, merge_counted_notes(note for part in parts for note in part.notes))
+
+
+def merge_counted_notes(notes) -> tuple[str, ...]:
+    """One note per wording: "12 queries …" and "7 queries …" of two batches become "19 queries …"."""
+    counts: dict[str, int | None] = {}
+    for note in notes:
+        head, _, tail = note.partition(" ")
+        if head.isdigit():
+            counts[tail] = (counts.get(tail) or 0) + int(head)
+        else:
+            counts.setdefault(note, None)
+    return tuple(text if count is None else f"{count} {text}" for text, count in counts.items())
 
 
 def gallery_of_index(handle) -> LabelledVectors:
