@@ -306,7 +306,7 @@ def test_val_at_far_per_fold_uses_training_threshold():
 
 
 def golden_pairs():
-    from retrieval.cli.verify_commands import image_rows, parse_pairs_file, resolve_pairs
+    from retrieval.data.pairs import image_rows, parse_pairs_file, resolve_pairs
 
     table = pq.read_table(GOLDEN / "embeddings.parquet")
     ids = np.array(table.column("id").to_pylist(), dtype=object)
