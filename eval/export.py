@@ -36,10 +36,14 @@ def check_export_size(num_queries: int, num_gallery: int, max_entries: int = DEF
     if entries > max_entries:
         raise EvaluationError(
             f"a {num_queries:,} × {num_gallery:,} distance matrix holds {entries:,} distances "
-            f"({entries * 4 / 2**30:.1f} GiB as float32), above the export limit of {max_entries:,}: "
-            f"a dense matrix is for small sets; use the rankings (rankings.parquet) or an index search, "
-            f"or export a subset of the queries"
+            f"({_size(entries * 4)} as float32), above the export limit of {max_entries:,}: a dense matrix is "
+            f"for small sets; use the rankings (rankings.parquet) or an index search, or raise the limit "
+            f"(--max-entries) when the memory is there"
         )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def distance_matrix(source: DistanceSource, query_ids=None, gallery_ids=None, *,

@@ -14,7 +14,8 @@ from retrieval.eval.distances import EmbeddingDistances, PrecomputedDistances
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.export import distance_matrix
 from retrieval.eval.rerank import RerankedDistances
-from retrieval.export import ids_path, read_distance_matrix, write_distance_matrix
+from retrieval.common.errors import OutputError, OutputExistsError
+from retrieval.export import IDS_FILE, read_distance_matrix, write_distance_matrix
 from retrieval.indexes.distance import exact_pair_keys, key_to_distance, metric_from_name, prepare
 
 
@@ -53,28 +54,29 @@ def test_refused_above_the_limit_with_the_reason():
         distance_matrix(source, gallery_ids=["a", "b"])
 
 
-def test_written_pair_reads_back(tmp_path):
+def test_written_folder_reads_back(tmp_path):
     d = clustered_data(3, n_query=5, n_gallery=20)
     ids_q = [f"q{i}" for i in range(5)]
     ids_g = [f"g{i}" for i in range(20)]
     matrix = distance_matrix(EmbeddingDistances(d["q"], d["g"]), ids_q, ids_g)
-    npy, side = write_distance_matrix(matrix, tmp_path / "out" / "d.npy", record={"run": "r1"})
-    assert side == ids_path(npy) == tmp_path / "out" / "d.ids.json"
-    back = read_distance_matrix(npy)
+    out = write_distance_matrix(matrix, tmp_path / "out", record={"run": "r1"})
+    back = read_distance_matrix(out)
     np.testing.assert_array_equal(back.distances, matrix.distances)
     assert back.query_ids.tolist() == ids_q and back.gallery_ids.tolist() == ids_g
-    assert json.loads(side.read_text())["run"] == "r1"
-    assert sorted(p.name for p in npy.parent.iterdir()) == ["d.ids.json", "d.npy"]  # no temporaries left
-    with pytest.raises(RetrieveError, match="written as a .npy file"):
-        write_distance_matrix(matrix, tmp_path / "d.csv")
-    side.unlink()
-    with pytest.raises(RetrieveError, match="its id file d.ids.json is missing"):
-        read_distance_matrix(npy)
+    assert json.loads((out / IDS_FILE).read_text())["run"] == "r1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    with pytest.raises(OutputExistsError, match="already exists"):
+        write_distance_matrix(matrix, out)
+    write_distance_matrix(matrix, out, overwrite=True)
+    (out / IDS_FILE).unlink()
+    with pytest.raises(RetrieveError, match="ids.json is missing"):
+        read_distance_matrix(out)
 
 
-def test_a_failed_write_leaves_nothing(tmp_path):
+def test_a_folder_that_is_not_an_export_is_never_replaced(tmp_path):
     matrix = distance_matrix(PrecomputedDistances(np.ones((2, 2))))
-    (tmp_path / "d.ids.json").mkdir()  # the id file cannot replace a folder
-    with pytest.raises(RetrieveError, match="d.ids.json: a folder is in the way"):
-        write_distance_matrix(matrix, tmp_path / "d.npy")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.ids.json"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="is not a distance export"):
+        write_distance_matrix(matrix, tmp_path / "mine", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]

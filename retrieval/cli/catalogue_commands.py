@@ -45,9 +45,10 @@ def _percent(value: Optional[float]) -> str:
 @app.command("runs")
 def runs_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WORKSPACE_HELP),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only the runs with this tag (`retrieve tag RUN NAME`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {workspace, runs: [...]} (metrics as fractions)."),
 ) -> None:
-    """List the runs of the workspace: id, time, command, data hash, headline metrics (in %)."""
+    """List the runs of the workspace: id, time, tags, command, data hash, headline metrics (in %)."""
     from retrieval.catalogue import discover_runs, runs_table
     from retrieval.workspace import resolve_workspace
 
@@ -56,14 +57,17 @@ def runs_command(
     for path, reason in skipped:
         typer.echo(f"retrieve: warning: skipped {path}: {reason}", err=True)
     table = runs_table(runs).to_pylist()
+    if tag is not None:
+        table = [run for run in table if tag in (run["tags"] or [])]
     if as_json:
         print_json({"workspace": str(root), "runs": table, "skipped": [str(path) for path, _ in skipped]}, indent=2)
         return
     if not table:
         why = "" if root.is_dir() else " (the folder does not exist)"
-        typer.echo(f"No runs in workspace {root}{why}.", err=True)
+        which = f" tagged {tag!r}" if tag is not None else ""
+        typer.echo(f"No runs{which} in workspace {root}{why}.", err=True)
         return
-    columns = ["run_id", "created", "kind", "data hash", "mAP%", "rank-1%", "acc%", "AUC%", "command"]
+    columns = ["run_id", "created", "kind", "data hash", "mAP%", "rank-1%", "acc%", "AUC%", "tags", "command"]
     rows = [
         [
             run["run_id"],
@@ -74,6 +78,7 @@ def runs_command(
             _percent(run["rank1"]),
             _percent(run["accuracy_mean"]),
             _percent(run["roc_auc"]),
+            ",".join(run["tags"] or []),
             run["command"],
         ]
         for run in table
