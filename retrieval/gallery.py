@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.api import EvaluationResult, as_frame, evaluation_options
+from retrieval.eval.distances import EVAL_METRICS
+from retrieval.indexes.distance import metric_from_name
 from retrieval.errors import RetrieveError
 from retrieval.labels import LabelledVectors, default_protocol, labelled, labels_between, pair_status
 
-_INDEX_METRICS = {"l2": "euclidean", "cosine": "cosine", "ip": "inner product"}
 GALLERY_COMMAND = "retrieval.Gallery.evaluate (Python)"
 
 
@@ -67,7 +68,7 @@ class Gallery:
         from retrieval.indexes.store import load_index
 
         handle = load_index(index_dir, device=device)
-        metric = _INDEX_METRICS.get(handle.metric, handle.metric)
+        metric = metric_from_name(handle.metric).value  # l2 -> euclidean: one vocabulary
         rows = handle.rows
         ids = np.asarray(rows["id"].to_numpy(zero_copy_only=False), dtype=object)
         source = embeddings or handle.manifest.get("source")
@@ -142,10 +143,9 @@ class Gallery:
             return distances, rows
         from retrieval.indexes.knn import exact_knn_between
 
-        knn_metric = {"euclidean": "euclidean", "sqeuclidean": "sqeuclidean", "cosine": "cosine"}.get(self.metric)
-        if knn_metric is None:
-            raise RetrieveError(f"unknown metric {self.metric!r}; expected euclidean, sqeuclidean or cosine")
-        distances, rows = exact_knn_between(vectors, self._gallery.vectors, k, metric=knn_metric)
+        if self.metric not in EVAL_METRICS:
+            raise RetrieveError(f"unknown metric {self.metric!r}; expected one of {', '.join(EVAL_METRICS)}")
+        distances, rows = exact_knn_between(vectors, self._gallery.vectors, k, metric=self.metric)
         return distances, rows
 
     def search_table(self, queries: Any, k: int = 10) -> pa.Table:
@@ -187,7 +187,7 @@ class Gallery:
         resolved = self.queries(queries)
         if self._gallery is None:
             return self._evaluate_topk(resolved, rerank=rerank, **options)
-        options.setdefault("metric", self.metric if self.metric in ("euclidean", "sqeuclidean", "cosine") else "euclidean")
+        options.setdefault("metric", self.metric if self.metric in EVAL_METRICS else "euclidean")
         self._check_identities(resolved)
         evaluation = run_evaluation(resolved, self._gallery, evaluation_options(resolved, self._gallery, rerank=rerank,
                                                                                 **options),

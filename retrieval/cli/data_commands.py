@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-import pyarrow as pa
 import typer
 
 from retrieval.cli.app import app
 from retrieval.cli.options import OVERWRITE_HELP
 from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class LayoutKind(str, Enum):
@@ -38,7 +39,7 @@ class PresetName(str, Enum):
     million = "million"
 
 
-def _write_table(out: Path, table: pa.Table, model: Optional[str], overwrite: bool) -> None:
+def _write_table(out: Path, table: "pa.Table", model: Optional[str], overwrite: bool) -> None:
     """Validate an imported table and write it as an embeddings file (atomically; exclusive unless overwrite)."""
     from retrieval.data.store import embeddings_from_table
     from retrieval.data.writer import canonical_table, with_metadata, write_parquet_atomically
@@ -112,6 +113,8 @@ def layout_command(
 ) -> None:
     """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776, LFW or CUHK03-NP
     (new 767/700 protocol, detected or labeled; its evaluations default to single-gallery-shot CMC)."""
+    import numpy as np
+
     from retrieval.common.atomic import check_output
     from retrieval.data.layouts import build_manifest
     from retrieval.data.writer import write_parquet_atomically
@@ -154,6 +157,8 @@ def synth_command(
 
 def describe_embeddings(path: Path) -> dict:
     """Rows per split, dimension, identities, cameras, normalisation, metadata and content hash."""
+    import numpy as np
+
     from retrieval.data.hashing import ContentHasher
     from retrieval.data.store import file_metadata, iter_embedding_batches
 

@@ -11,7 +11,7 @@ import typer
 from retrieval.cli.app import app
 from retrieval.cli.catalogue_commands import WORKSPACE_HELP, _text_table
 from retrieval.cli.options import OVERWRITE_HELP
-from retrieval.console import err_console, print_json, warnings_on_stderr
+from retrieval.console import err_console, print_json, say, warnings_on_stderr
 from retrieval.errors import RetrieveError
 
 # ----------------------------------------------------------------------------------------- show
@@ -25,7 +25,7 @@ def _file_safe(text: str) -> str:
 def show_command(
     run_ref: str = typer.Argument(..., metavar="RUN", help="A run folder, or a run id in the workspace."),
     query_id: Optional[str] = typer.Argument(None, metavar="QUERY_ID", help="The query whose ranked list to show (not with --worst)."),
-    top: int = typer.Option(10, "--top", min=1, help="Gallery items per query (the run stores up to 100)."),
+    top: int = typer.Option(10, "--top", min=1, help="Gallery items per query (at most what the run stored: evaluate --keep-top, 10 by default)."),
     worst: Optional[int] = typer.Option(None, "--worst", min=1, help="Show the N valid queries with the lowest AP instead, as one sheet."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write [default: ./show-<run id>-<query id>.png]."),
     text: bool = typer.Option(False, "--text", help="Print the ranked list(s) as a table instead of drawing them."),
@@ -45,6 +45,9 @@ def show_command(
         raise typer.BadParameter("choose one of --text and --json", param_hint="--text/--json")
     run = resolve_run(run_ref, workspace)
     query_ids = worst_query_ids(run, worst) if worst is not None else [query_id]
+    stored = min(len(r.rows) for r in ranked_lists(run, query_ids, top))
+    if stored < top:
+        say([f"the run stores {stored} items of this list (evaluate --keep-top sets how many); showing those"])
     if text or json_out:
         with warnings_on_stderr():
             images = image_paths(run)

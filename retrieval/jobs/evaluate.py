@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.eval.distances import EVAL_METRICS
+from retrieval.indexes.distance import metric_from_name
 from retrieval.common.progress import ProgressCallback, no_progress
 from retrieval.errors import OptionError
 from retrieval.jobs.expand import expanded_sets, pooled_queries
@@ -25,12 +27,11 @@ from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_dimension
 from retrieval.run_schema import input_paths, ranking_tables, run_record
 
 MAX_RANK = 50  # the CMC curve is always stored up to rank 50 (further when cmc_ranks asks)
-KEEP_TOP = 100  # rankings.parquet: top items per query
+KEEP_TOP = 10  # rankings.parquet: top items per query (each with its exact distance)
 TABLE_RANKS = (1, 5, 10, 20)
-METRICS = ("euclidean", "sqeuclidean", "cosine")
+METRICS = EVAL_METRICS
 MULTI_QUERY = ("mean", "max")
 DEFAULT_CMC_MODE = "multi-gallery-shot"
-INDEX_METRIC_NAMES = {"l2": "euclidean", "cosine": "cosine", "ip": "negative inner product"}
 
 
 # ------------------------------------------------------------------------------------- options
@@ -393,7 +394,7 @@ def complete_int_column(table, name: str) -> np.ndarray | None:
 
 
 def index_distance_name(index_metric: str, exact: bool) -> str:
-    base = INDEX_METRIC_NAMES.get(index_metric, index_metric)
+    base = metric_from_name(index_metric).value
     return f"{base} (index {index_metric}, {'exact' if exact else 'approximate'})"
 
 
