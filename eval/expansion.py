@@ -36,7 +36,8 @@ import numpy as np
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.rerank import exp_of_negative
 from retrieval.indexes.distance import normalise
-from retrieval.indexes.errors import FaissIndexError, few
+from retrieval.common.text import few
+from retrieval.indexes.errors import FaissIndexError
 from retrieval.indexes.knn import exact_knn, exact_knn_between
 
 QUERY_EXPANSIONS = ("aqe", "alpha-qe")

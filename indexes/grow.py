@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.common.atomic import staging_folder
+from retrieval.common.text import few
 from retrieval.indexes.build import _rows_of
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.indexes.folder import (
@@ -98,7 +99,7 @@ def remove_rows(folder: Path | str, remove_ids: list[str]) -> IndexHandle:
     unknown = [item for item in remove_ids if item not in row_of]
     if unknown:
         raise FaissIndexError(f"{folder}: {len(unknown)} id(s) to remove are not in the index: "
-                              f"{', '.join(map(repr, unknown[:5]))}{' …' if len(unknown) > 5 else ''}")
+                              f"{few(map(repr, unknown))}")
     removed = np.zeros(index.ntotal, dtype=bool)
     removed[[row_of[item] for item in remove_ids]] = True
     if removed.all():
@@ -112,12 +113,12 @@ def remove_rows(folder: Path | str, remove_ids: list[str]) -> IndexHandle:
 def _refuse_duplicates(ids: np.ndarray, rows: pa.Table) -> None:
     unique, counts = np.unique(ids.astype(str), return_counts=True)
     if (counts > 1).any():
-        raise FaissIndexError(f"the new rows repeat ids: {', '.join(map(repr, unique[counts > 1][:5].tolist()))}")
+        raise FaissIndexError(f"the new rows repeat ids: {few(map(repr, unique[counts > 1].tolist()))}")
     present = set(rows.column("id").to_pylist())
     clash = [item for item in ids.tolist() if item in present]
     if clash:
         raise FaissIndexError(f"{len(clash)} id(s) of the new rows are already in the index: "
-                              f"{', '.join(map(repr, clash[:5]))}{' …' if len(clash) > 5 else ''}; ids must stay unique")
+                              f"{few(map(repr, clash))}; ids must stay unique")
 
 
 def _remove_from_faiss(index, removed: np.ndarray, factory: str) -> None:

@@ -171,10 +171,13 @@ def strip_of(ranked: RankedList, images: dict[str, str]) -> Strip:
     return Strip(query_id=ranked.query_id, items=items, query_image=images.get(ranked.query_id), caption=caption)
 
 
-def run_strips(run: RunFolder, query_ids: list[str], top: int, warn_prefix: str = "show") -> list[Strip]:
-    """The strips of the given queries, images looked up once, missing images said once."""
+def run_strips(run: RunFolder, query_ids: list[str], top: int, warn_prefix: str = "show",
+               lists: list[RankedList] | None = None) -> list[Strip]:
+    """The strips of the given queries (or of ``lists`` already read), images looked up once,
+    missing images said once."""
     images = image_paths(run, warn_prefix)
-    strips = [strip_of(ranked, images) for ranked in ranked_lists(run, query_ids, top)]
+    lists = lists if lists is not None else ranked_lists(run, query_ids, top)
+    strips = [strip_of(ranked, images) for ranked in lists]
     warn_missing_images(strips, run, warn_prefix)
     return strips
 

@@ -45,13 +45,13 @@ def show_command(
         raise typer.BadParameter("choose one of --text and --json", param_hint="--text/--json")
     run = resolve_run(run_ref, workspace)
     query_ids = worst_query_ids(run, worst) if worst is not None else [query_id]
-    stored = min(len(r.rows) for r in ranked_lists(run, query_ids, top))
+    lists = ranked_lists(run, query_ids, top)
+    stored = min(len(r.rows) for r in lists)
     if stored < top:
         say([f"the run stores {stored} items of this list (evaluate --keep-top sets how many); showing those"])
     if text or json_out:
         with warnings_on_stderr():
             images = image_paths(run)
-        lists = ranked_lists(run, query_ids, top)
         if json_out:
             print_json({"run": run.run_id, "queries": [{"query_id": r.query_id, "per_query": r.per_query,
                                                         "items": text_rows(r, images)} for r in lists]}, indent=2)
@@ -64,7 +64,7 @@ def show_command(
     if target.resolve() == run.path or run.path in target.resolve().parents:
         raise RetrieveError(f"{target}: inside run folder {run.path}; run folders are never written to, choose another --out")
     with warnings_on_stderr():
-        strips = run_strips(run, query_ids, top)
+        strips = run_strips(run, query_ids, top, lists=lists)
     title = f"{run.run_id}: " + (f"{query_id}, top {top}" if worst is None else f"the {len(strips)} worst queries by AP, top {top}")
     write_bytes(target, figure_png(ranked_strips_figure(strips, title)), overwrite=overwrite)
     typer.echo(str(target))
