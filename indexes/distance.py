@@ -239,6 +239,36 @@ def _pair_keys_chunk(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray
     return keys
 
 
+def exact_list_keys(queries: np.ndarray, candidates: np.ndarray, metric: "str | Metric") -> np.ndarray:
+    """Keys of each query (n, d) against its own candidate vectors (n, c, d): (n, c) float32, exact.
+
+    Vectors already prepared for the metric (an index's stored vectors). A float64 inner product
+    per query (BLAS, any order) and the candidates' float64 squared norms, rounded with their
+    bound; the pairs it cannot settle go through :func:`exact_pair_keys`.
+    """
+    metric = metric_from_name(metric)
+    n, c, dim = candidates.shape
+    q64 = np.asarray(queries, dtype=np.float64)
+    g64 = candidates.astype(np.float64)
+    dots = np.matmul(g64, q64[:, :, None])[:, :, 0]
+    coefficient = (dim + 8) * U64 * (1.0 + 2.0**-10)
+    if metric.squared:
+        q_sq = np.einsum("nd,nd->n", q64, q64)[:, None]
+        g_sq = np.einsum("ncd,ncd->nc", g64, g64)
+        approx = q_sq + g_sq - 2.0 * dots
+        bound = coefficient * (np.sqrt(q_sq) + np.sqrt(g_sq)) ** 2 * (1.0 + 2.0**-20)
+    else:
+        approx = -dots
+        bound = coefficient * np.sqrt(np.einsum("nd,nd->n", q64, q64))[:, None] * np.sqrt(
+            np.einsum("ncd,ncd->nc", g64, g64)) * (1.0 + 2.0**-20)
+    keys, unsure = round_with_bound(approx, bound)
+    rows, cols = np.nonzero(unsure)
+    if len(rows):
+        flat = candidates[rows, cols]
+        keys[rows, cols] = exact_pair_keys(np.asarray(queries, np.float32), rows, flat, np.arange(len(rows)), metric)
+    return keys
+
+
 def precise_key(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.float32:
     """The key of one pair from the correctly rounded float64 sum of exact float64 terms (products
     of two float32 are exact in float64); integer arithmetic in the rare case that is not enough."""
