@@ -219,11 +219,7 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     compute_device = resolve_device(options.device)
     timings: dict[str, float] = {}
     notes: list[str] = []
-    multi_query = None
-    if options.multi_query is not None:
-        queries, multi_query = pooled_queries(queries, options.multi_query)
-        if gallery is not None and options.protocol == "leave-one-out":
-            notes.append("multi-query under leave-one-out: the gallery keeps the unpooled vectors")
+    queries, multi_query = _pooled(queries, gallery, options, notes)
     clock = time.perf_counter()
     if options.index is not None or index_handle is not None:
         if options.expand is not None:
@@ -234,13 +230,11 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
         plain = _ranking_stage(embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
                                progress)
         timings["distances_and_rank"] = time.perf_counter() - clock
-    unexpanded = expansion = None
+    unexpanded = None
     if options.expand is not None:
         clock = time.perf_counter()
-        queries, gallery = expanded_sets(queries, gallery, options.expand, compute_device, options.block_rows)
-        unexpanded, expansion = plain, options.expand.to_dict()
-        plain = _ranking_stage(embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
-                               progress)
+        unexpanded, (queries, gallery, plain) = plain, _expansion_stage(queries, gallery, options, compute_device,
+                                                                        progress)
         timings["expansion"] = time.perf_counter() - clock
     final, rerank_params = plain, None
     if options.rerank is not None:
@@ -255,7 +249,24 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     return Evaluation(final=final, plain=plain, options=options, compute_device=compute_device,
                       rerank_params=rerank_params, ci=ci, splits=dict(splits or {"query_split": None, "gallery_split": None}),
                       inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes),
-                      unexpanded=unexpanded, expansion=expansion, multi_query=multi_query)
+                      unexpanded=unexpanded, expansion=options.expand.to_dict() if options.expand else None,
+                      multi_query=multi_query)
+
+
+def _pooled(queries: LabelledVectors, gallery, options: EvaluateOptions, notes: list[str]):
+    """The queries after multi-query pooling (when asked) and the pooling's record."""
+    if options.multi_query is None:
+        return queries, None
+    if gallery is not None and options.protocol == "leave-one-out":
+        notes.append("multi-query under leave-one-out: the gallery keeps the unpooled vectors")
+    return pooled_queries(queries, options.multi_query)
+
+
+def _expansion_stage(queries, gallery, options: EvaluateOptions, device: str, progress):
+    """The expanded sets and their ranking (query expansion / DBA, ``jobs.expand``)."""
+    queries, gallery = expanded_sets(queries, gallery, options.expand, device, options.block_rows)
+    ranking = _ranking_stage(embedding_source(queries, gallery, options, device), queries, gallery, options, progress)
+    return queries, gallery, ranking
 
 
 def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
