@@ -356,3 +356,21 @@ def publish_folder(staging: Path, target: Path, *, overwrite: bool,
     _fsync_path(target.parent, directory=True)
     return target
 
+
+
+def move_folder(source: Path | str, target: Path | str) -> Path:
+    """Rename a complete folder to ``target`` (same file system), under both paths' locks.
+
+    For outputs that change place, not content (a run moved to the trash and back): a writer
+    replacing either folder holds the same lock, and an existing ``target`` is refused.
+    """
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(source), output_lock(target):
+        if not source.is_dir():
+            raise OutputError(f"{source}: no such folder")
+        if target.exists() or target.is_symlink():
+            raise OutputExistsError(f"{target}: already exists; move or remove it first")
+        os.rename(source, target)
+    _fsync_path(target.parent, directory=True)
+    return target

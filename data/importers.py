@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 import pyarrow as pa
 
+from retrieval.data import schema
 from retrieval.data.errors import DataError
 from retrieval.data.writer import embeddings_table
 
@@ -203,7 +204,8 @@ def _manifest_vectors(vectors_file: Path, keys: ArrayKeys) -> np.ndarray:
 
 
 def join_manifest_by_path(manifest: pa.Table, embeddings: pa.Table) -> pa.Table:
-    """Attach pid/camid/split from a layout manifest to embeddings rows with the same ``path``."""
+    """Attach pid/camid/split from a layout manifest to embeddings rows with the same ``path``
+    (and the layout's file metadata: data set name, evaluation defaults)."""
     if "path" not in embeddings.column_names:
         raise DataError("embeddings have no 'path' column to join the layout manifest on")
     row_of_path = {p: i for i, p in enumerate(manifest.column("path").to_pylist())}
@@ -216,4 +218,12 @@ def join_manifest_by_path(manifest: pa.Table, embeddings: pa.Table) -> pa.Table:
     joined = embeddings.drop_columns([c for c in ("pid", "camid", "split") if c in embeddings.column_names])
     for name in ("pid", "camid", "split"):
         joined = joined.append_column(name, manifest.column(name).take(rows))
-    return joined
+    return with_layout_metadata(joined, manifest)
+
+
+def with_layout_metadata(table: pa.Table, manifest: pa.Table) -> pa.Table:
+    """``table`` carrying the manifest's data set name and evaluation defaults (``retrieve.dataset``, ``retrieve.cmc_mode``)."""
+    carried = {k: v for k, v in (manifest.schema.metadata or {}).items() if k.decode() in schema.LAYOUT_META_KEYS}
+    if not carried:
+        return table
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **carried})

@@ -4,7 +4,9 @@ Required columns: ``id`` (string, unique) and ``embedding`` (fixed_size_list<flo
 which DuckDB reads as ``FLOAT[d]``). Usual columns: ``pid`` (int64), ``camid`` (int32,
 nullable), ``split`` (string), ``path`` (string). Any other column is carried through.
 File key-value metadata (all values are strings, keys prefixed ``retrieve.``):
-format version, dim, normalized ("true"/"false"), model, creator.
+format version, dim, normalized ("true"/"false"), model, creator; from a data set layout
+(carried from its manifest by ``import --layout``): dataset, and the evaluation defaults the
+layout asks for (cmc_mode).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ META_DIM = "retrieve.dim"
 META_NORMALIZED = "retrieve.normalized"
 META_MODEL = "retrieve.model"
 META_CREATOR = "retrieve.creator"
+META_DATASET = "retrieve.dataset"
+META_CMC_MODE = "retrieve.cmc_mode"
+LAYOUT_META_KEYS = (META_DATASET, META_CMC_MODE)
 
 COLUMN_TYPES: dict[str, pa.DataType] = {
     ID: pa.string(),

@@ -115,6 +115,11 @@ class IndexHandle:
     def check_content_hash(self, content_hash: str) -> None:
         """The embeddings given again must be the ones the index was built from."""
         built = self.manifest.get("content_hash")
+        if built is None and len(self.manifest.get("sources") or []) > 1:
+            raise FaissIndexError(
+                f"{self.path}: rows were added or removed since the build (manifest 'sources'), so no single "
+                "embeddings file's content hash describes it; search it, or rebuild it from one file to evaluate"
+            )
         if built is None:
             raise FaissIndexError(f"{self.path}: the index records no content hash, so it cannot be checked; rebuild it")
         if built != content_hash:

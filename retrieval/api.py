@@ -68,7 +68,11 @@ class EvaluationResult:
 
     @property
     def stages(self) -> list[tuple[str, Any]]:
-        return [("plain", self.plain)] + ([("rerank", self.final)] if self.evaluation.reranked else [])
+        """(stage name, result) of each stage that ran: plain, expansion (when expanded), rerank (when re-ranked)."""
+        evaluation = self.evaluation
+        before = ([("plain", evaluation.unexpanded), ("expansion", self.plain)] if evaluation.unexpanded is not None
+                  else [("plain", self.plain)])
+        return before + ([("rerank", self.final)] if evaluation.reranked else [])
 
     @property
     def mAP(self) -> float:
@@ -139,6 +143,10 @@ class EvaluationResult:
         r = self.final
         text = (f"protocol {r.protocol}, AP {r.ap_variant}, distance {r.metric}, CMC {r.cmc_mode}; "
                 f"{r.num_valid_queries} of {r.num_queries} queries valid, {r.num_gallery} gallery items")
+        if self.evaluation.expansion is not None:
+            expansion = self.evaluation.expansion
+            text += f"; expansion {expansion['order']} " + ", ".join(
+                f"{k}={expansion[k]}" for k in ("dba_k", "qe_k", "qe_alpha") if k in expansion)
         if self.rerank is not None:
             text += "; k-reciprocal re-ranking " + ", ".join(f"{k}={v}" for k, v in self.rerank.items())
         return text
@@ -199,13 +207,21 @@ def evaluation_options(
     device: str = "cpu",
     block_rows: int | None = None,
     index: IndexOptions | None = None,
+    expand: str | Iterable[str] | None = None,
+    qe_k: int = 5,
+    qe_alpha: float = 3.0,
+    dba_k: int = 5,
+    multi_query: str | None = None,
 ) -> EvaluateOptions:
     """The job's options from the notebook's keywords (the protocol defaults to what the data allows)."""
+    from retrieval.jobs.expand import expansion_option
+
     return EvaluateOptions(
         metric=metric, protocol=protocol or default_protocol(queries, gallery), junk_pids=tuple(junk_pids),
         ap=ap_variant, cmc_ranks=TABLE_RANKS, cmc_mode=cmc_mode, repeats=repeats, seed=seed, device=device, ci=ci,
         rerank=RerankOptions(k1, k2, lambda_, rerank_distance, rerank_exclude_junk) if rerank else None,
         index=index, keep_top=keep_top, max_rank=max_rank, block_rows=block_rows,
+        expand=expansion_option(expand, qe_k, qe_alpha, dba_k), multi_query=multi_query,
     )
 
 
@@ -230,8 +246,11 @@ def evaluate(
     (market | no-camera | leave-one-out; default market when both sides have cameras, leave-one-out
     when the queries are gallery items, else no-camera), ``ap_variant``, ``junk_pids``, ``rerank``
     (k1, k2, lambda_, rerank_distance, rerank_exclude_junk: the k-reciprocal stage; the plain stage
-    is kept), ``max_rank``, ``keep_top``, ``cmc_mode``, ``repeats``, ``seed``, ``ci``, ``device``
-    (used by every stage, re-ranking included), ``block_rows``.
+    is kept), ``expand`` ("aqe", "alpha-qe", "dba" or "dba,alpha-qe"; with qe_k, qe_alpha, dba_k:
+    query expansion / DBA before ranking and re-ranking, the stage before kept), ``multi_query``
+    ("mean" | "max": queries pooled over identity and camera), ``max_rank``, ``keep_top``,
+    ``cmc_mode``, ``repeats``, ``seed``, ``ci``, ``device`` (used by every stage, re-ranking
+    included), ``block_rows``.
     """
     from retrieval.jobs.evaluate import evaluate as run_evaluation
 

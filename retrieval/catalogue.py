@@ -2,8 +2,9 @@
 
 ``connect(workspace)`` returns a plain in-memory ``duckdb.DuckDBPyConnection`` with
 
-* ``runs``       one row per run (from each ``run.json``): id, time, kind, command, data hash,
-                 headline metrics (final stage: re-ranked when the run re-ranked), folder;
+* ``runs``       one row per run (from each ``run.json``): id, time, kind, tags (``retrieve tag``),
+                 command, data hash, headline metrics (final stage: re-ranked when the run
+                 re-ranked, else expanded when it expanded), folder;
 * ``metrics``, ``per_query``, ``rankings``, ``curves``, ``folds``, ``epochs``: views over the
   runs' Parquet tables, each row carrying its ``run_id``. The documented columns
   (``run_schema.TABLE_COLUMNS``) are always present (a workspace without any such table gives an
@@ -36,6 +37,7 @@ from retrieval.run_schema import (  # noqa: F401  (TABLE_COLUMNS, HEADLINE_METRI
     HEADLINE_METRICS,
     RUN_TABLES,
     RUNS_SCHEMA,
+    STAGES,
     TABLE_COLUMNS,
     VIEW_CONTEXT_COLUMNS,
     run_context,
@@ -94,13 +96,15 @@ def resolve_run(run: Path | str, workspace: Path | str | None = None) -> RunFold
 
 
 def final_stage_rows(metrics: pa.Table | None) -> tuple[str | None, list[dict[str, Any]]]:
-    """The rows of a ``metrics`` table at the run's final stage: re-ranked when present, else all."""
+    """The rows of a ``metrics`` table at the run's final stage: re-ranked when present, else
+    expanded when present, else all."""
     if metrics is None or "metric" not in metrics.column_names or "value" not in metrics.column_names:
         return None, []
     rows = metrics.to_pylist()
     stages = {row.get("stage") for row in rows}
-    if "rerank" in stages:
-        return "rerank", [row for row in rows if row.get("stage") == "rerank"]
+    for stage in reversed(STAGES):  # the last stage of the run: re-ranked, else expanded, else plain
+        if stage in stages and stage != "plain":
+            return stage, [row for row in rows if row.get("stage") == stage]
     return ("plain" if "plain" in stages else None), rows
 
 
@@ -117,16 +121,22 @@ def headline_metrics(run_dir: Path | str) -> tuple[str | None, dict[str, float |
 
 def runs_table(runs: list[RunFolder]) -> pa.Table:
     """One row per run: what ``retrieve runs`` lists and the ``runs`` view holds."""
+    from retrieval.tags import read_tags
+
     rows = []
+    tags_of: dict[Path, dict[str, list[str]]] = {}
     for run in runs:
         record = run.record
         inputs = record.get("inputs") or {}
         stage, metrics = headline_metrics(run.path)
+        if run.path.parent not in tags_of:
+            tags_of[run.path.parent] = read_tags(run.path.parent)
         rows.append(
             {
                 "run_id": run.run_id,
                 "created": record.get("created"),
                 "kind": record.get("kind"),
+                "tags": tags_of[run.path.parent].get(run.run_id, []),
                 "command": record.get("command"),
                 "content_hash": inputs.get("content_hash") if isinstance(inputs, dict) else None,
                 "embeddings": str(inputs.get("embeddings")) if isinstance(inputs, dict) and inputs.get("embeddings") else None,
@@ -141,11 +151,14 @@ def runs_table(runs: list[RunFolder]) -> pa.Table:
 
 
 def filter_runs(rows: list[dict[str, Any]], *, kind: str | None = None, data: str | None = None,
-                last: int | None = None) -> list[dict[str, Any]]:
+                tag: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
     """The rows of ``runs_table`` that ``retrieve runs`` shows, oldest first.
 
     ``kind``: evaluate, verify, search, train, …; ``data``: part of the embeddings file's path, or
-    the start of its content hash; ``last``: only the N most recent (after the other filters)."""
+    the start of its content hash; ``tag``: runs carrying that tag; ``last``: only the N most
+    recent (after the other filters)."""
+    if tag is not None:
+        rows = [row for row in rows if tag in (row.get("tags") or [])]
     if kind is not None:
         rows = [row for row in rows if row.get("kind") == kind]
     if data is not None:

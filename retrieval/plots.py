@@ -17,7 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 # Frame colours of ranked items.
-STATUS_COLOURS = {"query": "#1f4e9c", "match": "#1a9641", "non-match": "#d7191c", "junk": "#8c8c8c"}
+STATUS_COLOURS = {"query": "#1f4e9c", "match": "#1a9641", "non-match": "#d7191c", "junk": "#8c8c8c",
+                  "unlabelled": "#404040"}
+JUNK_FADE = 0.35  # junk images are drawn at this contrast over white (greyed)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Curve:
 class RankedItem:
     item_id: str
     distance: float | None
-    status: str  # "match" | "non-match" | "junk"
+    status: str  # "match" | "non-match" | "junk" | "unlabelled"
     image: str | None = None
     rank: int | None = None  # the protocol's rank, junk not counted (rankings' kept_rank); None: counted here
 
@@ -174,8 +176,11 @@ def framed_tile(image: np.ndarray | None, colour: str) -> np.ndarray:
 
 
 def strip_mosaic(strip: Strip, columns: int) -> tuple[np.ndarray, list[bool]]:
-    """The row mosaic of one strip (query first) and which tiles hold a real image."""
-    images = [load_thumbnail(strip.query_image)] + [load_thumbnail(item.image) for item in strip.items]
+    """The row mosaic of one strip (query first) and which tiles hold a real image; junk greyed."""
+    images = [load_thumbnail(strip.query_image)] + [
+        _faded(load_thumbnail(item.image)) if item.status == "junk" else load_thumbnail(item.image)
+        for item in strip.items
+    ]
     colours = [STATUS_COLOURS["query"]] + [STATUS_COLOURS.get(item.status, "#000000") for item in strip.items]
     row = np.full((TILE_HEIGHT, columns * (TILE_WIDTH + TILE_GAP), 3), 255, dtype=np.uint8)
     for i, (image, colour) in enumerate(zip(images, colours)):
@@ -184,12 +189,24 @@ def strip_mosaic(strip: Strip, columns: int) -> tuple[np.ndarray, list[bool]]:
     return row, [image is not None for image in images]
 
 
+def _faded(image: np.ndarray | None) -> np.ndarray | None:
+    if image is None:
+        return None
+    return (image.astype(np.float32) * JUNK_FADE + 255.0 * (1.0 - JUNK_FADE)).astype(np.uint8)
+
+
+def _tile_text(text: str, image_path: str | None) -> str:
+    """What a tile without an image says: the id (and distance), and "image missing" when one was named."""
+    return f"image missing\n{text}" if image_path else text
+
+
 def ranked_strips_figure(strips: Sequence[Strip], title: str = "") -> Figure:
     """One row per query: the query, then its ranked gallery items framed match / non-match / junk.
 
     Each row is drawn as one mosaic image (fast for many tiles). Images come from the items'
-    paths; a tile without a readable image shows the item's id and distance instead. Items are
-    numbered by the protocol's rank (junk not counted, as "first match #r" and the CMC count).
+    paths; items are numbered by the protocol's rank (junk not counted, as "first match #r" and
+    the CMC count); junk items are faded and headed "unranked junk". A tile without a readable
+    image shows the item's id and distance instead, labelled "image missing" when a path was named.
     """
     columns = 1 + max((len(strip.items) for strip in strips), default=0)
     rows = max(len(strips), 1)
@@ -202,16 +219,17 @@ def ranked_strips_figure(strips: Sequence[Strip], title: str = "") -> Figure:
         axes.imshow(mosaic, interpolation="nearest")
         axes.set_axis_off()
         # (heading, text: in the tile when it has no image, else under it, colour, text always under it)
-        labels = [("query", strip.query_id, STATUS_COLOURS["query"], strip.caption)]
+        labels = [("query", strip.query_id, STATUS_COLOURS["query"], strip.caption, strip.query_image)]
         for rank, item in zip(kept_ranks(strip.items), strip.items):
             distance = "" if item.distance is None else f"\n{item.distance:.3f}"
-            heading = "junk" if rank is None else f"#{rank} {item.status}"
-            labels.append((heading, f"{item.item_id}{distance}", STATUS_COLOURS.get(item.status, "black"), ""))
-        for i, (heading, text, colour, under) in enumerate(labels):
+            heading = "unranked junk" if rank is None else f"#{rank} {item.status}"
+            labels.append((heading, f"{item.item_id}{distance}", STATUS_COLOURS.get(item.status, "black"), "",
+                           item.image))
+        for i, (heading, text, colour, under, image_path) in enumerate(labels):
             centre = i * step + TILE_WIDTH / 2
             axes.text(centre, -4, heading, ha="center", va="bottom", fontsize=7.5, color=colour, fontweight="bold")
             if not has_image[i]:
-                axes.text(centre, TILE_HEIGHT / 2, text, ha="center", va="center", fontsize=6.5)
+                axes.text(centre, TILE_HEIGHT / 2, _tile_text(text, image_path), ha="center", va="center", fontsize=6.5)
             below = "\n".join(part for part in ((text if has_image[i] else ""), under) if part)
             if below:
                 axes.text(centre, TILE_HEIGHT + 3, below, ha="center", va="top", fontsize=6.5)

@@ -13,21 +13,18 @@ from __future__ import annotations
 import base64
 import html
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from retrieval.catalogue import RunFolder, resolve_run
 from retrieval.common.atomic import check_output, write_bytes
 from retrieval.errors import RetrieveError
 from retrieval.plots import (
     Curve,
-    RankedItem,
     Strip,
     ap_histogram_figure,
     cmc_figure,
@@ -35,8 +32,8 @@ from retrieval.plots import (
     ranked_strips_figure,
     roc_figure,
 )
-from retrieval.run_schema import resolve_input
 from retrieval.runs import read_run_table
+from retrieval.show import run_strips, valid_rows, worst_query_ids
 
 WORST_QUERIES = 8
 STRIP_LENGTH = 10
@@ -75,7 +72,7 @@ def _curves(run: RunFolder, kind: str) -> list[tuple[str, np.ndarray, np.ndarray
 
 def _ap_series(per_query: pa.Table | None, label: str) -> list[tuple[str, np.ndarray]]:
     """Per-query AP of the valid queries, one series per stage (plain and re-ranked when the run re-ranked)."""
-    valid = _valid_rows(per_query)
+    valid = valid_rows(per_query)
     if not valid:
         return []
     final = np.array([row["ap"] for row in valid])
@@ -89,7 +86,7 @@ def _ap_series(per_query: pa.Table | None, label: str) -> list[tuple[str, np.nda
 def _cmc_from_per_query(per_query: pa.Table, max_rank: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
     if per_query is None or "first_match_rank" not in per_query.column_names:
         return None
-    rows = _valid_rows(per_query)
+    rows = valid_rows(per_query)
     if not rows:
         return None
     first = np.array([row["first_match_rank"] or 0 for row in rows])
@@ -97,97 +94,12 @@ def _cmc_from_per_query(per_query: pa.Table, max_rank: int = 50) -> tuple[np.nda
     return ranks.astype(float), np.array([np.mean((first >= 1) & (first <= k)) for k in ranks])
 
 
-def _valid_rows(per_query: pa.Table | None) -> list[dict[str, Any]]:
-    if per_query is None:
-        return []
-    return [
-        row for row in per_query.to_pylist()
-        if row.get("valid", True) and row.get("ap") is not None and np.isfinite(row["ap"])
-    ]
-
-
-def _image_paths(run: RunFolder) -> dict[str, str]:
-    """id -> image path from the embeddings file(s) named in run.json, when they have a path column.
-
-    Inputs are found from any working folder (``run_schema.resolve_input``: absolute path, as given,
-    or beside the run); relative image paths are tried as given, then beside the embeddings file.
-    A missing embeddings file or missing image files are said once (a warning), not drawn as grey.
-    """
-    inputs = run.record.get("inputs") or {}
-    paths: dict[str, str] = {}
-    if not isinstance(inputs, dict):
-        return paths
-    for key in ("embeddings", "gallery", "queries"):
-        if not inputs.get(key):
-            continue
-        source = resolve_input(inputs, key, run.path)
-        if source is None or not source.is_file():
-            warnings.warn(f"report: {inputs.get(key)} (the {key} of run {run.run_id}) was not found; "
-                          "the ranked strips show ids instead of images", stacklevel=2)
-            continue
-        paths.update(_paths_column(source))
-    return paths
-
-
-def _paths_column(source: Path) -> dict[str, str]:
-    try:
-        if "path" not in pq.read_schema(source).names:
-            return {}
-        table = pq.read_table(source, columns=["id", "path"])
-    except (OSError, pa.ArrowException):
-        return {}
-    from retrieval.data.store import resolve_image_path
-
-    return {str(item_id): resolve_image_path(image, source)
-            for item_id, image in zip(table["id"].to_pylist(), table["path"].to_pylist()) if image}
-
-
-def _warn_missing_images(strips: list[Strip], run: RunFolder) -> None:
-    named = [path for strip in strips for path in [strip.query_image, *(item.image for item in strip.items)] if path]
-    missing = [path for path in named if not Path(path).is_file()]
-    if missing:
-        warnings.warn(f"report: {len(missing)} of {len(named)} images of run {run.run_id} were not found "
-                      f"(first: {missing[0]}); those tiles show ids instead", stacklevel=2)
-
-
 def worst_query_strips(run: RunFolder, count: int = WORST_QUERIES, length: int = STRIP_LENGTH) -> list[Strip]:
-    """The ``count`` valid queries with the lowest AP and their top ``length`` ranked gallery items."""
-    rows = _valid_rows(read_run_table(run.path, "per_query"))
-    if not rows:
+    """The ``count`` valid queries with the lowest AP and their top ``length`` ranked gallery items
+    (``retrieval.show``: numbered by kept rank, junk greyed, missing images said once)."""
+    if not valid_rows(read_run_table(run.path, "per_query")) or read_run_table(run.path, "rankings") is None:
         return []
-    rows.sort(key=lambda row: (row["ap"], str(row["query_id"])))
-    worst = rows[:count]
-    rankings = read_run_table(run.path, "rankings")
-    ranked: dict[str, list[dict]] = {str(row["query_id"]): [] for row in worst}
-    if rankings is not None:
-        for row in rankings.to_pylist():
-            query_id = str(row["query_id"])
-            if query_id in ranked:
-                ranked[query_id].append(row)
-    images = _image_paths(run)
-    strips = []
-    for row in worst:
-        query_id = str(row["query_id"])
-        items = sorted(ranked[query_id], key=lambda r: r["rank"])[:length]
-        strips.append(
-            Strip(
-                query_id=query_id,
-                query_image=images.get(query_id),
-                caption=f"AP {100 * row['ap']:.1f} %\nfirst match #{row.get('first_match_rank')}",
-                items=[
-                    RankedItem(
-                        item_id=str(item["gallery_id"]),
-                        distance=item.get("distance"),
-                        status="junk" if item.get("is_junk") else ("match" if item.get("is_match") else "non-match"),
-                        image=images.get(str(item["gallery_id"])),
-                        rank=item.get("kept_rank"),
-                    )
-                    for item in items
-                ],
-            )
-        )
-    _warn_missing_images(strips, run)
-    return strips
+    return run_strips(run, worst_query_ids(run, count), length, warn_prefix="report")
 
 
 # ---------------------------------------------------------------------------------- figures

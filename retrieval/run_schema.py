@@ -36,7 +36,8 @@ RECORD_FIELDS = ("format_version", "run_id", "created", "kind", "command", "para
 # Fields two runs of the same command on the same data may differ in (the parity test ignores them).
 VOLATILE_FIELDS = ("created", "command", "timings")
 
-STAGES = ("plain", "rerank")
+# The stages of an evaluation, in order: the last one present is the final one.
+STAGES = ("plain", "expansion", "rerank")
 
 # ------------------------------------------------------------------------------- Arrow schemas
 
@@ -86,7 +87,8 @@ HEADLINE_METRICS: dict[str, str] = {
     "accuracy_mean": "accuracy_mean", "roc_auc": "roc_auc", "eer": "eer",
 }
 RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("created", pa.string()), ("kind", pa.string()), ("command", pa.string()),
+    ("run_id", pa.string()), ("created", pa.string()), ("kind", pa.string()), ("tags", pa.list_(pa.string())),
+    ("command", pa.string()),
     ("content_hash", pa.string()), ("embeddings", pa.string()), ("headline_stage", pa.string()),
     *[(column, pa.float64()) for column in HEADLINE_METRICS],
     ("format_version", pa.int64()), ("parameters", pa.string()), ("run_dir", pa.string()),
@@ -180,23 +182,30 @@ def cmc_curve_rows(result, stage: str) -> list[dict[str, Any]]:
     return [dict(curve="cmc", stage=stage, x=float(i + 1), y=float(v), threshold=None) for i, v in enumerate(result.cmc)]
 
 
-def per_query_with_before(final, plain) -> pa.Table:
-    """The final stage's per-query table; re-ranked runs add the plain stage's AP, INP, first match."""
+def per_query_with_before(final, plain, unexpanded=None) -> pa.Table:
+    """The final stage's per-query table; re-ranked runs add the stage before re-ranking's AP, INP,
+    first match (``*_before_rerank``), expanded runs the stage before expansion's (``*_before_expansion``)."""
     table = final.per_query
-    if final is not plain:
+    earlier = ([("rerank", plain)] if final is not plain else []) + ([("expansion", unexpanded)] if unexpanded else [])
+    for stage, result in earlier:
         for column in ("ap", "inp", "first_match_rank"):
-            table = table.append_column(f"{column}_before_rerank", plain.per_query.column(column))
+            table = table.append_column(f"{column}_before_{stage}", result.per_query.column(column))
     return table
 
 
-def ranking_tables(final, plain, cmc_ranks: Iterable[int]) -> dict[str, pa.Table]:
-    """The tables of an evaluate run: metrics and curves of each stage, per-query and rankings of the final one."""
-    stages = [("plain", plain)] + ([("rerank", final)] if final is not plain else [])
+def ranking_tables(final, plain, cmc_ranks: Iterable[int], unexpanded=None) -> dict[str, pa.Table]:
+    """The tables of an evaluate run: metrics and curves of each stage, per-query and rankings of the final one.
+
+    Stages: ``plain`` (the embeddings as given), ``expansion`` (after query expansion / DBA, when
+    asked), ``rerank`` (when asked).
+    """
+    before = [("plain", unexpanded), ("expansion", plain)] if unexpanded is not None else [("plain", plain)]
+    stages = before + ([("rerank", final)] if final is not plain else [])
     cmc_ranks = list(cmc_ranks)
     return {
         "metrics": pa.Table.from_pylist([row for stage, r in stages for row in ranking_metric_rows(r, stage, cmc_ranks)],
                                         schema=METRICS_SCHEMA),
-        "per_query": per_query_with_before(final, plain),
+        "per_query": per_query_with_before(final, plain, unexpanded),
         "rankings": final.rankings,
         "curves": pa.Table.from_pylist([row for stage, r in stages for row in cmc_curve_rows(r, stage)],
                                        schema=CURVES_SCHEMA),

@@ -32,6 +32,10 @@ CASES = {
     "no-camera, market AP, junk none, CI": (
         ["--protocol", "no-camera", "--ap", "market", "--junk-pids", "none", "--ci", "0.9", "--seed", "4"],
         {"protocol": "no-camera", "ap_variant": "market", "junk_pids": (), "ci": 0.9, "seed": 4}),
+    "expansion, re-ranking, multi-query": (
+        ["--expand", "dba,alpha-qe", "--qe-k", "4", "--dba-k", "3", "--rerank", "--k1", "12", "--k2", "4",
+         "--multi-query", "max"],
+        {"expand": "dba,alpha-qe", "qe_k": 4, "dba_k": 3, "rerank": True, "k1": 12, "k2": 4, "multi_query": "max"}),
 }
 
 

@@ -8,6 +8,7 @@ from retrieval.cli import eval_commands  # noqa: E402,F401  evaluate
 from retrieval.cli import verify_commands  # noqa: E402,F401  verify
 from retrieval.cli import index_commands  # noqa: E402,F401  build-index, search, index-info, tune
 from retrieval.cli import catalogue_commands  # noqa: E402,F401  runs, sql, compare, report
+from retrieval.cli import run_commands  # noqa: E402,F401  show, export, tag, rm, restore
 from retrieval.cli import train_commands  # noqa: E402,F401  train, embed
 from retrieval.cli import demo_command  # noqa: E402,F401  demo
 from retrieval.cli.reference import add_reference_epilogs  # noqa: E402

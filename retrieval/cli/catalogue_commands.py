@@ -56,10 +56,11 @@ def runs_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WORKSPACE_HELP),
     last: Optional[int] = typer.Option(None, "--last", callback=at_least(1, "--last"), help="Only the N most recent runs [default: all]."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Only runs of this kind: evaluate, verify, search, train, … [default: all]."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only the runs with this tag (`retrieve tag RUN NAME`) [default: all]."),
     data: Optional[str] = typer.Option(None, "--data", help="Only runs on this data: part of the embeddings file's path, or the start of its content hash [default: all]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {workspace, runs: [...]} (metrics as fractions)."),
 ) -> None:
-    """List the runs of the workspace: id, time, command, data hash, headline metrics (in %)."""
+    """List the runs of the workspace: id, time, command, data hash, tags, headline metrics (in %)."""
     from retrieval.catalogue import discover_runs, filter_runs, runs_table
     from retrieval.workspace import resolve_workspace
 
@@ -68,14 +69,14 @@ def runs_command(
     for path, reason in skipped:
         typer.echo(f"retrieve: warning: skipped {path}: {reason}", err=True)
     every = runs_table(runs).to_pylist()
-    table = filter_runs(every, kind=kind, data=data, last=last)
+    table = filter_runs(every, kind=kind, data=data, tag=tag, last=last)
     if as_json:
         print_json({"workspace": str(root), "runs": table, "skipped": [str(path) for path, _ in skipped]}, indent=2)
         return
     if not table:
-        typer.echo(_no_runs_message(root, every, kind, data), err=True)
+        typer.echo(_no_runs_message(root, every, kind, data, tag), err=True)
         return
-    columns = ["run_id", "created", "kind", "data hash", "mAP%", "rank-1%", "acc%", "AUC%", "command"]
+    columns = ["run_id", "created", "kind", "data hash", "mAP%", "rank-1%", "acc%", "AUC%", "tags", "command"]
     rows = [
         [
             run["run_id"],
@@ -86,6 +87,7 @@ def runs_command(
             _percent(run["rank1"]),
             _percent(run["accuracy_mean"]),
             _percent(run["roc_auc"]),
+            ",".join(run["tags"] or []),
             run["command"],
         ]
         for run in table
@@ -109,16 +111,20 @@ def _output_width() -> Optional[int]:
     return None
 
 
-def _no_runs_message(root: Path, every: list[dict], kind: Optional[str], data: Optional[str]) -> str:
+def _no_runs_message(root: Path, every: list[dict], kind: Optional[str], data: Optional[str],
+                     tag: Optional[str] = None) -> str:
     import difflib
 
     if not every:
         why = "" if root.is_dir() else " (the folder does not exist)"
         return f"No runs in workspace {root}{why}."
     message = f"No run of the {len(every)} in workspace {root} matches"
-    message += "".join(f" {flag} {value!r}" for flag, value in (("--kind", kind), ("--data", data)) if value)
+    message += "".join(f" {flag} {value!r}" for flag, value in (("--kind", kind), ("--data", data), ("--tag", tag))
+                       if value)
+    if not kind:
+        return message + "."
     kinds = sorted({str(run["kind"]) for run in every})
-    close = difflib.get_close_matches(kind, kinds, n=1) if kind else []
+    close = difflib.get_close_matches(kind, kinds, n=1)
     return message + (f"; did you mean --kind {close[0]}?" if close else f" (kinds here: {', '.join(kinds)}).")
 
 

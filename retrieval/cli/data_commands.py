@@ -24,6 +24,12 @@ class LayoutKind(str, Enum):
     msmt17 = "msmt17"
     veri = "veri"
     lfw = "lfw"
+    cuhk03 = "cuhk03"
+
+
+class VariantName(str, Enum):
+    detected = "detected"
+    labeled = "labeled"
 
 
 class PresetName(str, Enum):
@@ -61,6 +67,7 @@ def import_command(
     split: Optional[str] = typer.Option(None, help="Split of every imported row (train/query/gallery/free); .mat files carry their own."),
     layout: Optional[LayoutKind] = typer.Option(None, help="Join pid/camid/split from this data set layout by path (needs --layout-root)."),
     layout_root: Optional[Path] = typer.Option(None, help="Root folder of the --layout data set."),
+    layout_variant: Optional[VariantName] = typer.Option(None, help="With --layout cuhk03 and a root holding both: detected or labeled."),
     model: Optional[str] = typer.Option(None, help="Model name recorded in the file metadata."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
@@ -91,7 +98,8 @@ def import_command(
             raise OptionError("--layout needs --layout-root", "--layout-root")
         from retrieval.data.layouts import build_manifest
 
-        table = importers.join_manifest_by_path(build_manifest(layout.value, layout_root), table)
+        variant = layout_variant.value if layout_variant else None
+        table = importers.join_manifest_by_path(build_manifest(layout.value, layout_root, variant), table)
     _write_table(out, table, model, overwrite)
     err_console().print(f"wrote {table.num_rows} rows to {out}")
 
@@ -101,10 +109,12 @@ def layout_command(
     root: Path = typer.Argument(..., help="Root folder of the data set."),
     kind: LayoutKind = typer.Option(..., "--kind", help="Which data set layout the folder follows."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest Parquet file to write (id, path, pid, camid, split)."),
+    variant: Optional[VariantName] = typer.Option(None, "--variant", help="cuhk03: detected or labeled images (needed when the root holds both)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print counts as JSON."),
 ) -> None:
-    """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776 or LFW."""
+    """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776, LFW or CUHK03-NP
+    (new 767/700 protocol, detected or labeled; its evaluations default to single-gallery-shot CMC)."""
     import numpy as np
 
     from retrieval.common.atomic import check_output
@@ -112,13 +122,23 @@ def layout_command(
     from retrieval.data.writer import write_parquet_atomically
 
     check_output(out, overwrite=overwrite)
-    table = build_manifest(kind.value, root)
+    from retrieval.data.layouts import layout_defaults
+
+    table = build_manifest(kind.value, root, variant.value if variant else None)
     write_parquet_atomically(table, out, overwrite=overwrite)
     counts = {s: int(n) for s, n in zip(*np.unique(np.asarray(table.column("split").to_pylist()), return_counts=True))}
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    defaults = layout_defaults(meta)
     if json_output:
-        print_json({"kind": kind.value, "rows": table.num_rows, "splits": counts, "out": str(out)})
+        print_json({"kind": kind.value, "dataset": meta.get("retrieve.dataset"), "rows": table.num_rows,
+                    "splits": counts, "defaults": defaults, "out": str(out)})
     else:
-        stdout_console().print(f"{kind.value}: {table.num_rows} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {out}")
+        name = meta.get("retrieve.dataset", kind.value)
+        stdout_console().print(f"{name}: {table.num_rows} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {out}",
+                               markup=False)
+        if defaults:
+            say([f"evaluations of this data default to {', '.join(f'{k} {v}' for k, v in defaults.items())} "
+                 "(recorded in the manifest's metadata, carried by import --layout)"])
 
 
 @app.command("synth")

@@ -1,5 +1,5 @@
-"""`retrieve evaluate`: query–gallery evaluation under a named protocol, with optional re-ranking,
-index top-k mode and bootstrap intervals. Parses the options, runs ``retrieval.jobs.evaluate``,
+"""`retrieve evaluate`: query–gallery evaluation under a named protocol, with optional query
+expansion / DBA, re-ranking, multi-query pooling, index top-k mode and bootstrap intervals. Parses the options, runs ``retrieval.jobs.evaluate``,
 prints a table (or one JSON object); the job writes the run folder.
 """
 
@@ -42,6 +42,11 @@ class RerankDistanceName(str, Enum):
     toolkit = "toolkit"
 
 
+class MultiQueryName(str, Enum):
+    mean = "mean"
+    max = "max"
+
+
 # ----------------------------------------------------------------------------- printing
 
 
@@ -55,16 +60,15 @@ def print_table(evaluation, run_dir: Path) -> None:
     from retrieval.console import err_console, stdout_console
 
     final, ci = evaluation.final, evaluation.ci
-    rerank_params, cmc_ranks, reranked = evaluation.rerank_params, evaluation.options.cmc_ranks, evaluation.reranked
-    table = Table(title=_title(final, rerank_params), title_justify="left", caption=_caption(final),
-                  caption_justify="left")
+    cmc_ranks = evaluation.options.cmc_ranks
+    table = Table(title=_title(final, evaluation.rerank_params, evaluation.expansion, evaluation.multi_query),
+                  title_justify="left", caption=_caption(final), caption_justify="left")
     table.add_column("metric (%)")
-    if reranked:
-        table.add_column("before re-rank", justify="right")
-        table.add_column("re-ranked", justify="right")
+    stages = _stages(evaluation)
+    for name, _ in stages:
+        table.add_column(name, justify="right")
+    if len(stages) > 1:
         table.add_column("Δ", justify="right")
-    else:
-        table.add_column("value", justify="right")
     if ci:
         table.add_column(f"{int(round(ci['level'] * 100))}% CI", justify="right")
     ap_label = "mAP" if final.topk is None else f"mAP@{final.topk} ({final.topk_ap})"
@@ -85,7 +89,20 @@ def _caption(final) -> Optional[str]:
     return f"mAP@{final.topk} ({final.topk_ap}, --topk-ap): {words}."
 
 
-def _title(final, rerank_params: Optional[dict]) -> str:
+def _stages(evaluation) -> list[tuple[str, object]]:
+    """The columns of the table: each stage that ran, in order (one "value" column for a plain run)."""
+    stages = []
+    if evaluation.unexpanded is not None:
+        stages += [("as given", evaluation.unexpanded), ("expanded", evaluation.plain)]
+    elif evaluation.reranked:
+        stages.append(("before re-rank", evaluation.plain))
+    if evaluation.reranked:
+        stages.append(("re-ranked", evaluation.final))
+    return stages or [("value", evaluation.final)]
+
+
+def _title(final, rerank_params: Optional[dict], expansion: Optional[dict] = None,
+           multi_query: Optional[dict] = None) -> str:
     title = (
         f"protocol {final.protocol} · AP {final.ap_variant} · distance {final.metric} · "
         f"{final.num_valid_queries}/{final.num_queries} valid queries · {final.num_gallery} gallery"
@@ -94,6 +111,11 @@ def _title(final, rerank_params: Optional[dict]) -> str:
         title += f" · top-{final.topk} lists"
     if final.cmc_mode != "multi-gallery-shot":
         title += f" · CMC {final.cmc_mode}"
+    if multi_query:
+        title += f" · multi-query: {multi_query['multi_query']} ({multi_query['groups']} groups)"
+    if expansion:
+        params = ", ".join(f"{k}={expansion[k]}" for k in ("dba_k", "qe_k", "qe_alpha") if k in expansion)
+        title += f" · expanded {expansion['order']} ({params})"
     if rerank_params:
         title += (f" · re-ranked k1={rerank_params['k1']} k2={rerank_params['k2']} "
                   f"λ={rerank_params['lambda']} ({rerank_params['distance']} distance)")
@@ -102,14 +124,11 @@ def _title(final, rerank_params: Optional[dict]) -> str:
 
 def _row(evaluation, label: str, key) -> list[str]:
     final, ci = evaluation.final, evaluation.ci
-    after = _value(final, key)
-    cells = [label]
-    if evaluation.reranked:
-        before = _value(evaluation.plain, key)
-        delta = None if after is None or before is None else after - before
-        cells += [_pct(before), _pct(after), "—" if delta is None else f"{100 * delta:+.2f}"]
-    else:
-        cells.append(_pct(after))
+    values = [_value(result, key) for _, result in _stages(evaluation)]
+    cells = [label] + [_pct(value) for value in values]
+    if len(values) > 1:
+        first, last = values[0], values[-1]
+        cells.append("—" if first is None or last is None else f"{100 * (last - first):+.2f}")
     if ci:
         interval = ci.get(final.ap_key if key == "mAP" else label)
         cells.append(f"{_pct(interval[0])} – {_pct(interval[1])}" if interval else "")
@@ -138,7 +157,7 @@ def evaluate_command(
     junk_pids: str = typer.Option("-1", help="Comma-separated junk identities removed from every ranking ('none' for none)."),
     ap: ApName = typer.Option(ApName.standard, "--ap", help="AP variant: standard (non-interpolated) or market (official trapezoid)."),
     cmc_ranks: str = typer.Option("1,5,10,20", help="CMC ranks shown in the table (the whole curve to 50 is always stored)."),
-    cmc_mode: CmcModeName = typer.Option(CmcModeName.multi, help="CMC: multi-gallery-shot, or CUHK03 single-gallery-shot (sampled, seeded)."),
+    cmc_mode: Optional[CmcModeName] = typer.Option(None, help="CMC: multi-gallery-shot, or CUHK03 single-gallery-shot (sampled, seeded) [default: the data's layout default (cuhk03: single-gallery-shot), else multi-gallery-shot]."),
     repeats: int = typer.Option(10, callback=at_least(1, "--repeats"), help="Repetitions of single-gallery-shot sampling."),
     device: DeviceName = typer.Option(DeviceName.auto, help="Where distances are computed: auto uses a CUDA GPU when torch sees one."),
     rerank: bool = typer.Option(False, "--rerank", help="Apply k-reciprocal re-ranking (Zhong et al. 2017)."),
@@ -147,6 +166,11 @@ def evaluate_command(
     lam: float = typer.Option(0.3, "--lambda", help="Re-ranking weight of the original distance."),
     rerank_distance: RerankDistanceName = typer.Option(RerankDistanceName.squared, help="squared (the paper) or toolkit (a squared distance squared again, as common toolkits do)."),
     rerank_exclude_junk: bool = typer.Option(False, "--rerank-exclude-junk", help="Leave junk-pid items out of the re-ranking graph."),
+    expand: Optional[str] = typer.Option(None, "--expand", help="Query expansion before ranking (and before --rerank): aqe, alpha-qe, dba, or dba with one of the others (dba,alpha-qe)."),
+    qe_k: int = typer.Option(5, "--qe-k", help="With --expand aqe / alpha-qe: gallery neighbours averaged into each query."),
+    qe_alpha: float = typer.Option(3.0, "--qe-alpha", help="With --expand alpha-qe: neighbours weigh cos^alpha."),
+    dba_k: int = typer.Option(5, "--dba-k", help="With --expand dba: gallery neighbours averaged into each gallery item."),
+    multi_query: Optional[MultiQueryName] = typer.Option(None, "--multi-query", help="Market-1501 multi-query: each query's vector pooled (mean or max) over the queries of its identity and camera."),
     index: Optional[Path] = typer.Option(None, "--index", help="Evaluate an index's top-k lists instead of full rankings (AP labelled mAP@k)."),
     k: int = typer.Option(100, "--k", callback=at_least(1, "--k"), help="With --index: list length."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", callback=at_least(1, "--nprobe"), help="With --index: IVF cells probed (default: the index's)."),
@@ -162,16 +186,19 @@ def evaluate_command(
     """Evaluate queries against a gallery: CMC, mAP, mINP, mAP@R (Market-1501 protocol by default; ties by gallery row order)."""
     from retrieval.console import print_json, say
     from retrieval.jobs.evaluate import EvaluateOptions, IndexOptions, RerankOptions, evaluate_files, save
+    from retrieval.jobs.expand import expansion_option
     from retrieval.progress import stage_progress
     from retrieval.runs import check_run_target
     from retrieval.workspace import new_run_dir
 
     options = EvaluateOptions(
         metric=metric.value if metric else None, protocol=protocol.value, junk_pids=parse_junk_pids(junk_pids),
-        ap=ap.value, cmc_ranks=parse_cmc_ranks(cmc_ranks), cmc_mode=cmc_mode.value, repeats=repeats, seed=seed,
-        device=device.value, ci=ci, keep_top=keep_top,
+        ap=ap.value, cmc_ranks=parse_cmc_ranks(cmc_ranks), cmc_mode=cmc_mode.value if cmc_mode else None,
+        repeats=repeats, seed=seed, device=device.value, ci=ci, keep_top=keep_top,
         rerank=RerankOptions(k1, k2, lam, rerank_distance.value, rerank_exclude_junk) if rerank else None,
         index=IndexOptions(index, k, nprobe, topk_ap.value) if index is not None else None,
+        expand=expansion_option(expand, qe_k, qe_alpha, dba_k),
+        multi_query=multi_query.value if multi_query else None,
     )
     options.check()
     run_dir = check_run_target(out if out is not None else new_run_dir(workspace, "evaluate"), overwrite=overwrite)

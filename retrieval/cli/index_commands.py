@@ -80,8 +80,11 @@ def build_index_command(
 @app.command("search")
 def search_command(
     index_dir: Path = typer.Argument(..., help="Index folder written by build-index."),
-    queries: Path = typer.Argument(..., help="Embeddings Parquet file holding the queries."),
-    split: Optional[str] = typer.Option(None, help="Split of the queries [default: query, or every row when the file has no split column]."),
+    queries: Optional[Path] = typer.Argument(None, help="Queries: an embeddings Parquet file, a .npy matrix or an .npz ('features', optional 'names') [or --vector / --vector-file]."),
+    split: Optional[str] = typer.Option(None, help="Split of a Parquet query file [default: query, or every row when the file has no split column]."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="With a .npy / .npz: the query ids, one per line (or a .npy of names)."),
+    vector: Optional[str] = typer.Option(None, "--vector", help="One query vector as comma-separated numbers: \"0.1,0.2,...\"."),
+    vector_file: Optional[Path] = typer.Option(None, "--vector-file", help="One query vector (or a matrix) in a .npy file."),
     k: int = typer.Option(10, "--k", help="Results per query."),
     nprobe: Optional[int] = typer.Option(None, help="IVF lists probed [default: the index's, see index-info]."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch [default: the index's]."),
@@ -93,22 +96,37 @@ def search_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (default: refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Search an index with query embeddings; writes a results table and a run folder (kind "search")."""
+    """Search an index with queries (a file, or one vector); prints the top-k ids and distances,
+    writes a results table (--out) and a run folder (kind "search")."""
+    from retrieval.jobs.inputs import query_set
     from retrieval.jobs.search import SearchOptions, save, search
     from retrieval.workspace import new_run_dir
 
     options = SearchOptions(k=k, nprobe=nprobe, ef_search=ef_search, split=split, device=device.value,
                             protocol=protocol.value if protocol else None, junk_pids=parse_junk_pids(junk_pids))
+    given = query_set(queries, split=split, ids=ids, vector=vector, vector_file=vector_file)
     with stage_progress(quiet=json_out) as progress:
-        outcome = search(index_dir, queries, options, out=out, overwrite=overwrite, progress=progress)
+        outcome = search(index_dir, given, options, out=out, overwrite=overwrite, progress=progress)
     run_dir = new_run_dir(workspace, "search")
     command = "retrieve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = save(outcome, run_dir, out, command=command, overwrite=overwrite)
     if json_out:
-        print_json(result)
+        print_json({**result, "results": _result_lists(outcome)})
         return
     say(result["notes"])
     _print_search(outcome, result)
+
+
+FULL_LISTS = 5  # up to this many queries, every list is printed whole
+
+
+def _result_lists(outcome) -> list[dict]:
+    """Each query's answers (rank, id, distance, labels, flags): the --json "results"."""
+    rows = outcome.rankings.to_pylist()
+    lists: dict[str, list[dict]] = {}
+    for row in rows:
+        lists.setdefault(row.pop("query_id"), []).append(row)
+    return [{"query_id": query_id, "top": items} for query_id, items in lists.items()]
 
 
 def _print_search(outcome, result: dict) -> None:
@@ -120,9 +138,57 @@ def _print_search(outcome, result: dict) -> None:
         + (f"; results {result['out']}" if result["out"] else ""),
         markup=False,
     )
+    if len(query_ids) <= FULL_LISTS:
+        for entry in _result_lists(outcome):
+            console.print(f"query {entry['query_id']}", markup=False)
+            for item in entry["top"]:
+                flag = "" if item["is_match"] is None else (" junk" if item["is_junk"] else
+                                                            (" match" if item["is_match"] else ""))
+                labels = "" if item["gallery_pid"] is None else f"  pid {item['gallery_pid']}"
+                console.print(f"  {item['rank']:>4}  {item['gallery_id']}  {item['distance']:.6f}{labels}{flag}",
+                              markup=False)
+        return
     for q in range(min(3, len(query_ids))):
         top = ", ".join(f"{gid} ({d:.4f})" for gid, d in zip(handle.row_ids(found.rows[q, :5]), found.distances[q, :5]))
         console.print(f"  {query_ids[q]}: {top}", markup=False)
+
+
+# ---------------------------------------------------------------------------- add-to / remove-from
+
+
+def _print_change(change, json_out: bool) -> None:
+    summary = change.summary()
+    if json_out:
+        print_json(summary)
+        return
+    verb = "added" if change.op == "add" else "removed"
+    stdout_console().print(f"{verb} {change.rows} rows: {summary['factory']} now holds {summary['count']} "
+                           f"(manifest 'sources' lists {len(summary['sources'])} steps) -> {summary['index']}", markup=False)
+
+
+@app.command("add-to-index")
+def add_to_index_command(
+    index_dir: Path = typer.Argument(..., help="Index folder written by build-index."),
+    embeddings: Path = typer.Argument(..., help="Embeddings Parquet file with the rows to add."),
+    split: Optional[str] = typer.Option(None, help="Split to add [default: gallery, or every row when the file has no split column]."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Add rows to an index (Flat, IVF, IVF-PQ, HNSW); ids must be new. The manifest lists every source file."""
+    from retrieval.jobs.index import add_to_index
+
+    _print_change(add_to_index(index_dir, embeddings, split=split), json_out)
+
+
+@app.command("remove-from-index")
+def remove_from_index_command(
+    index_dir: Path = typer.Argument(..., help="Index folder written by build-index."),
+    ids: Path = typer.Option(..., "--ids", help="The ids to remove: one per line, a .npy of names, or a Parquet file's 'id' column."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Remove rows from an index by id (Flat, IVF, IVF-PQ; HNSW cannot remove rows and is refused)."""
+    from retrieval.jobs.index import remove_from_index
+
+    _print_change(remove_from_index(index_dir, ids), json_out)
 
 
 # -------------------------------------------------------------------------------------- index-info

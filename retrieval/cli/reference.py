@@ -25,9 +25,18 @@ COMMAND_PAGES: dict[str, str] = {
     "train": "training.md",
     "embed": "training.md",
     "demo": "catalogue.md",
+    "add-to-index": "indexes.md",
+    "remove-from-index": "indexes.md",
+    "show": "everyday.md",
+    "tag": "catalogue.md",
+    "rm": "catalogue.md",
+    "restore": "catalogue.md",
+    "export": "everyday.md",
+    "identify": "identification.md",
+    "cluster": "clustering.md",
 }
 
-EXTRA_PAGES: dict[str, tuple[str, ...]] = {"evaluate": ("reranking.md", "exactness.md")}
+EXTRA_PAGES: dict[str, tuple[str, ...]] = {"evaluate": ("reranking.md", "everyday.md", "exactness.md")}
 
 
 def epilog(command: str) -> str:

@@ -1,5 +1,7 @@
 """The evaluate job: options -> plain stage (embeddings or an index's top-k lists) -> optional
-k-reciprocal re-ranking -> optional bootstrap intervals -> a run folder.
+query expansion / DBA (the plain stage is kept as ``before_expansion``) -> optional k-reciprocal
+re-ranking -> optional bootstrap intervals -> a run folder. Multi-query pooling, when asked,
+replaces the query vectors first (``retrieval.jobs.expand``).
 
 Both doors call it: ``retrieve evaluate`` (``retrieval.cli.eval_commands``) and the notebook API
 (``retrieval.evaluate``, ``Gallery.evaluate``, ``EvaluationResult.save``). They differ only in how
@@ -20,6 +22,7 @@ from retrieval.eval.distances import EVAL_METRICS
 from retrieval.indexes.distance import metric_from_name
 from retrieval.common.progress import ProgressCallback, no_progress
 from retrieval.errors import OptionError
+from retrieval.jobs.expand import expanded_sets, pooled_queries
 from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_dimensions, check_labels
 from retrieval.run_schema import input_paths, ranking_tables, run_record
 
@@ -27,6 +30,8 @@ MAX_RANK = 50  # the CMC curve is always stored up to rank 50 (further when cmc_
 KEEP_TOP = 10  # rankings.parquet: top items per query (each with its exact distance)
 TABLE_RANKS = (1, 5, 10, 20)
 METRICS = EVAL_METRICS
+MULTI_QUERY = ("mean", "max")
+DEFAULT_CMC_MODE = "multi-gallery-shot"
 
 
 # ------------------------------------------------------------------------------------- options
@@ -72,7 +77,7 @@ class EvaluateOptions:
     junk_pids: tuple[int, ...] = DEFAULT_JUNK_PIDS
     ap: str = "standard"
     cmc_ranks: tuple[int, ...] = TABLE_RANKS
-    cmc_mode: str = "multi-gallery-shot"
+    cmc_mode: str | None = DEFAULT_CMC_MODE  # None: the data's default (a layout's metadata), else multi
     repeats: int = 10
     seed: int = 0
     device: str = "auto"
@@ -82,6 +87,8 @@ class EvaluateOptions:
     keep_top: int = KEEP_TOP
     max_rank: int | None = None  # None: 50, or the largest of cmc_ranks when that is more
     block_rows: int | None = None
+    expand: Any = None  # eval.expansion.Expansion (jobs.expand.expansion_option): before ranking and re-ranking
+    multi_query: str | None = None  # mean | max: queries pooled over (pid, camid)
 
     @property
     def distance(self) -> str:
@@ -105,11 +112,16 @@ class EvaluateOptions:
             raise OptionError(f"must be at least 1, got {self.index.k}", "--k")
         if self.rerank is not None:
             self.rerank.check()
+        if self.expand is not None:
+            if self.index is not None:
+                raise OptionError("--expand needs the embeddings' full rankings, not an index's top-k lists", "--expand")
+        if self.multi_query is not None and self.multi_query not in MULTI_QUERY:
+            raise OptionError(f"unknown multi-query pooling {self.multi_query!r}; expected mean or max", "--multi-query")
 
     def parameters(self, compute_device: str, splits: dict[str, str | None]) -> dict[str, Any]:
         """The run.json ``parameters`` of this evaluation."""
         rerank = self.rerank or RerankOptions()
-        index = self.index
+        index, expand = self.index, self.expand
         return {
             **splits,
             "metric": self.distance, "protocol": self.protocol, "junk_pids": list(self.junk_pids), "ap": self.ap,
@@ -121,6 +133,9 @@ class EvaluateOptions:
             "k": None if index is None else index.k, "nprobe": None if index is None else index.nprobe,
             "topk_ap": None if index is None else index.topk_ap, "ci": self.ci, "seed": self.seed,
             "max_rank": self.stored_ranks, "keep_top": self.keep_top,
+            "expand": None if expand is None else list(expand.methods),
+            "qe_k": None if expand is None else expand.qe_k, "qe_alpha": None if expand is None else expand.qe_alpha,
+            "dba_k": None if expand is None else expand.dba_k, "multi_query": self.multi_query,
         }
 
 
@@ -129,7 +144,8 @@ class EvaluateOptions:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation: the final stage (re-ranked when asked), the plain stage, and how it was made."""
+    """One evaluation: the final stage (re-ranked when asked), the stage before re-ranking (``plain``:
+    after expansion when expanded), the stage before expansion, and how it was made."""
 
     final: Any  # eval.evaluate.RankingResult
     plain: Any  # the same object when not re-ranked
@@ -141,6 +157,9 @@ class Evaluation:
     inputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    unexpanded: Any = None  # the ranking before expansion (None: not expanded)
+    expansion: dict | None = None  # eval.expansion.Expansion.to_dict() of the expansion that ran
+    multi_query: dict | None = None  # eval.multi_query.PooledQueries.to_dict() of the pooling
 
     @property
     def reranked(self) -> bool:
@@ -150,11 +169,12 @@ class Evaluation:
         """The ``--json`` object (``run_dir`` is added when the run is saved): the final stage's metrics."""
         result = self.final.to_dict()
         result["rerank"] = self.rerank_params
+        result["expansion"] = self.expansion
+        result["multi_query"] = self.multi_query
         if self.reranked:
-            before = self.plain.to_dict()
-            result["before_rerank"] = {key: before[key] for key in (self.plain.ap_key, "mINP", "mAP_at_R", "cmc")}
-            if self.plain.topk is not None:
-                result["before_rerank"]["topk"] = self.plain.topk
+            result["before_rerank"] = _headline(self.plain)
+        if self.unexpanded is not None:
+            result["before_expansion"] = _headline(self.unexpanded)
         if self.ci is not None:
             result["ci"] = self.ci
         return result
@@ -163,7 +183,16 @@ class Evaluation:
         return self.options.parameters(self.compute_device, self.splits)
 
     def tables(self):
-        return ranking_tables(self.final, self.plain, self.options.cmc_ranks)
+        return ranking_tables(self.final, self.plain, self.options.cmc_ranks, unexpanded=self.unexpanded)
+
+
+def _headline(result) -> dict[str, Any]:
+    """The metrics of an earlier stage kept in the ``--json`` object (``before_rerank`` / ``before_expansion``)."""
+    values = result.to_dict()
+    out = {key: values[key] for key in (result.ap_key, "mINP", "mAP_at_R", "cmc")}
+    if result.topk is not None:
+        out["topk"] = result.topk
+    return out
 
 
 # ------------------------------------------------------------------------------------- the stages
@@ -180,6 +209,8 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     from retrieval.eval.distances import resolve_device
 
     options.check()
+    if options.cmc_mode is None:
+        options = replace(options, cmc_mode=DEFAULT_CMC_MODE)
     progress = progress or no_progress
     check_labels([("queries", queries), ("gallery", gallery)], options.protocol)
     check_dimensions(queries, gallery)
@@ -188,27 +219,54 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     compute_device = resolve_device(options.device)
     timings: dict[str, float] = {}
     notes: list[str] = []
+    queries, multi_query = _pooled(queries, gallery, options, notes)
     clock = time.perf_counter()
     if options.index is not None or index_handle is not None:
+        if options.expand is not None:
+            raise OptionError("--expand needs the embeddings' full rankings, not an index's top-k lists", "--expand")
         plain = _index_stage(queries, gallery, options, index_handle, notes, progress)
         timings["index_search_and_rank"] = time.perf_counter() - clock
     else:
-        plain = _ranking_stage(_embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
+        plain = _ranking_stage(embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
                                progress)
         timings["distances_and_rank"] = time.perf_counter() - clock
+    unexpanded = None
+    if options.expand is not None:
+        clock = time.perf_counter()
+        unexpanded, (queries, gallery, plain) = plain, _expansion_stage(queries, gallery, options, compute_device,
+                                                                        progress)
+        timings["expansion"] = time.perf_counter() - clock
     final, rerank_params = plain, None
     if options.rerank is not None:
         if options.index is not None or index_handle is not None:
             notes.append("re-ranking uses the embeddings (it needs query-query and gallery-gallery neighbourhoods), "
                          "not the index")
         clock = time.perf_counter()
-        source = _rerank_source(queries, gallery, options, compute_device, progress)
+        source = rerank_source(queries, gallery, options, compute_device, progress)
         final, rerank_params = _ranking_stage(source, queries, gallery, options, progress), source.params
         timings["rerank"] = time.perf_counter() - clock
     ci = confidence_intervals(final, options.ci, options.seed, notes) if options.ci is not None else None
     return Evaluation(final=final, plain=plain, options=options, compute_device=compute_device,
                       rerank_params=rerank_params, ci=ci, splits=dict(splits or {"query_split": None, "gallery_split": None}),
-                      inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes))
+                      inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes),
+                      unexpanded=unexpanded, expansion=options.expand.to_dict() if options.expand else None,
+                      multi_query=multi_query)
+
+
+def _pooled(queries: LabelledVectors, gallery, options: EvaluateOptions, notes: list[str]):
+    """The queries after multi-query pooling (when asked) and the pooling's record."""
+    if options.multi_query is None:
+        return queries, None
+    if gallery is not None and options.protocol == "leave-one-out":
+        notes.append("multi-query under leave-one-out: the gallery keeps the unpooled vectors")
+    return pooled_queries(queries, options.multi_query)
+
+
+def _expansion_stage(queries, gallery, options: EvaluateOptions, device: str, progress):
+    """The expanded sets and their ranking (query expansion / DBA, ``jobs.expand``)."""
+    queries, gallery = expanded_sets(queries, gallery, options.expand, device, options.block_rows)
+    ranking = _ranking_stage(embedding_source(queries, gallery, options, device), queries, gallery, options, progress)
+    return queries, gallery, ranking
 
 
 def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
@@ -222,9 +280,27 @@ def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str
     sets = evaluation_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol,
                            need_gallery=index is None or options.rerank is not None, index=index)
     seconds = time.perf_counter() - clock
+    options, note = with_data_cmc_mode(options, embeddings)
     evaluation = evaluate(sets.queries, sets.gallery, options, splits=sets.splits, inputs=sets.inputs,
                           progress=progress)
+    if note:
+        evaluation = replace(evaluation, notes=(note, *evaluation.notes))
     return with_timing(evaluation, "load", seconds)
+
+
+def with_data_cmc_mode(options: EvaluateOptions, embeddings: Path) -> tuple[EvaluateOptions, str | None]:
+    """Options with the CMC mode the data asks for (a layout's ``retrieve.cmc_mode``) when none was given."""
+    if options.cmc_mode is not None:
+        return options, None
+    from retrieval.data.layouts import layout_defaults
+    from retrieval.data.store import file_metadata
+
+    mode = layout_defaults(file_metadata(embeddings)).get("cmc_mode")
+    if mode is None or mode == DEFAULT_CMC_MODE:
+        return replace(options, cmc_mode=DEFAULT_CMC_MODE), None
+    note = (f"CMC {mode}: the default of this data set's layout (retrieve.cmc_mode in {embeddings.name}); "
+            f"--cmc-mode {DEFAULT_CMC_MODE} for Market-style CMC")
+    return replace(options, cmc_mode=mode), note
 
 
 def default_inputs(queries: LabelledVectors, gallery: LabelledVectors | None) -> dict[str, Any]:
@@ -237,7 +313,7 @@ def default_inputs(queries: LabelledVectors, gallery: LabelledVectors | None) ->
             **input_paths(index=None)}
 
 
-def _embedding_source(queries, gallery, options: EvaluateOptions, device: str):
+def embedding_source(queries, gallery, options: EvaluateOptions, device: str):
     from retrieval.eval.distances import EmbeddingDistances
 
     return EmbeddingDistances(queries.vectors, gallery.vectors, metric=options.distance, device=device)
@@ -256,7 +332,7 @@ def _ranking_stage(source, queries: LabelledVectors, gallery: LabelledVectors, o
     )
 
 
-def _rerank_source(queries, gallery, options: EvaluateOptions, device: str, progress):
+def rerank_source(queries, gallery, options: EvaluateOptions, device: str, progress):
     from retrieval.eval.rerank import RerankedDistances
 
     rerank = options.rerank

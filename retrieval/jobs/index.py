@@ -133,3 +133,64 @@ def describe(index_dir: Path) -> dict[str, Any]:
     handle = load_index(index_dir, device="cpu")
     sizes = {p.name: p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file() and not p.name.startswith(".")}
     return {"path": str(index_dir), **dict(handle.manifest), "file_bytes": sizes}
+
+
+# ------------------------------------------------------------------------------------- growing
+
+
+@dataclass(frozen=True)
+class Change:
+    """What add-to-index / remove-from-index did: the handle after the change and the rows concerned."""
+
+    handle: Any
+    op: str
+    rows: int
+
+    def summary(self) -> dict[str, Any]:
+        m = self.handle.manifest
+        return {"index": str(self.handle.path), "op": self.op, "rows": self.rows, "count": m["count"],
+                "factory": m["factory"], "sources": m.get("sources")}
+
+
+def add_to_index(index_dir: Path, embeddings: Path, *, split: str | None = None) -> Change:
+    """Add the rows of one split of a file (default: gallery when it has splits, else every row)."""
+    from retrieval.indexes.grow import add_rows
+
+    emb, chosen = read_split(embeddings, split, "gallery")
+    handle = add_rows(index_dir, emb, source_path=str(Path(embeddings).resolve()), content_hash=emb.content_hash(),
+                      split=chosen)
+    return Change(handle, "add", len(emb.ids))
+
+
+def remove_from_index(index_dir: Path, ids_file: Path) -> Change:
+    """Remove the rows whose ids the file lists (one per line, a .npy of names, or a Parquet 'id' column)."""
+    from retrieval.indexes.grow import remove_rows
+
+    ids = read_id_list(ids_file)
+    return Change(remove_rows(index_dir, ids), "remove", len(ids))
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Ids from a text file (one per line), a .npy of names, or a Parquet file's 'id' column; no repeats."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from retrieval.data.errors import DataError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        ids = [str(v) for v in np.load(path, allow_pickle=False).reshape(-1)]
+    elif suffix == ".parquet":
+        if "id" not in pq.read_schema(path).names:
+            raise DataError(f"{path}: no 'id' column")
+        ids = [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    else:
+        ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: no ids in it")
+    repeated = sorted({item for item in ids if ids.count(item) > 1}) if len(set(ids)) != len(ids) else []
+    if repeated:
+        raise DataError(f"{path}: ids listed more than once: {', '.join(map(repr, repeated[:5]))}")
+    return ids

@@ -84,3 +84,127 @@ def evaluation_sets(embeddings: Path, gallery_file: Path | None, query_split: st
         splits={"query_split": chosen_query, "gallery_split": chosen_gallery},
         inputs=inputs,
     )
+
+
+# ------------------------------------------------------------------------------------- search queries
+
+QUERY_FILE_TYPES = (".parquet", ".npy", ".npz")
+
+
+@dataclass
+class QuerySet:
+    """Queries for a search: labelled vectors, the split taken, and what run.json records about them."""
+
+    queries: LabelledVectors
+    split: str | None
+    inputs: dict[str, Any]
+
+
+def query_set(path: Path | None = None, *, split: str | None = None, ids: Path | None = None,
+              vector: str | None = None, vector_file: Path | None = None) -> QuerySet:
+    """The queries of a search, given one way: an embeddings Parquet file (its ``query`` split by
+    default), a ``.npy`` matrix / ``.npz`` with a ``features`` array (ids from ``--ids`` or the
+    ``.npz``'s ``names``, else q0, q1, …), one vector as text (``"0.1,0.2,…"``) or a ``.npy`` vector."""
+    from retrieval.errors import OptionError
+
+    given = [name for name, value in (("QUERIES", path), ("--vector", vector), ("--vector-file", vector_file))
+             if value is not None]
+    if len(given) != 1:
+        raise OptionError(f"give the queries one way: a file, --vector or --vector-file (got {', '.join(given) or 'none'})",
+                          "--vector")
+    if ids is not None and (path is None or path.suffix.lower() == ".parquet"):
+        raise OptionError("--ids names the rows of a .npy / .npz query file", "--ids")
+    if vector is not None:
+        return _array_queries(_parse_vector(vector), None, None, "--vector")
+    if vector_file is not None:
+        return _array_queries(_load_array(vector_file), None, vector_file, "--vector-file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        emb, chosen = read_split(path, split, "query")
+        return QuerySet(labelled(emb, name="queries"), chosen,
+                        {**input_paths(embeddings=path), "content_hash": emb.content_hash()})
+    if suffix not in (".npy", ".npz"):
+        raise OptionError(f"{path}: queries are a {', '.join(QUERY_FILE_TYPES)} file (got '{suffix}')", "QUERIES",
+                          "queries")
+    if split is not None:
+        raise OptionError("--split picks rows of a Parquet query file; a .npy / .npz has no splits", "--split")
+    return _numpy_queries(path, ids)
+
+
+def _parse_vector(text: str) -> np.ndarray:
+    from retrieval.errors import OptionError
+
+    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    values = []
+    for position, part in enumerate(parts, start=1):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise OptionError(f"element {position} ({part!r}) is not a number", "--vector") from None
+    if not values:
+        raise OptionError("no numbers given (e.g. --vector \"0.1,0.2,0.3\")", "--vector")
+    return np.asarray(values, dtype=np.float32)[None, :]
+
+
+def _load_array(path: Path) -> np.ndarray:
+    from retrieval.data.errors import DataError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot read as a NumPy .npy array ({exc})") from None
+    if isinstance(array, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: an .npz archive; give it as the QUERIES file (its 'features' array)")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"{path}: expected a float vector or matrix, got {array.dtype} of shape {array.shape}")
+    return array
+
+
+def _array_queries(vectors: np.ndarray, ids: list[str] | None, path: Path | None, how: str) -> QuerySet:
+    from retrieval.data.store import embeddings_from_table
+    from retrieval.data.writer import embeddings_table
+
+    ids = ids if ids is not None else [f"q{i}" for i in range(len(vectors))]
+    source = path if path is not None else Path(how)
+    emb = embeddings_from_table(embeddings_table(ids, vectors), source)
+    inputs = {**input_paths(embeddings=path), "content_hash": emb.content_hash(), "queries_given_as": how}
+    return QuerySet(labelled(emb, name="queries"), None, inputs)
+
+
+def _numpy_queries(path: Path, ids: Path | None) -> QuerySet:
+    """A .npy matrix or an .npz (features, optional names / labels / cams) as labelled queries."""
+    from retrieval.data.importers import ArrayKeys, import_numpy
+    from retrieval.data.store import embeddings_from_table
+
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile) and loaded.ndim == 1:  # one vector
+        return _array_queries(_load_array(path), _read_ids(ids, 1) if ids else None, path, "QUERIES")
+    table = import_numpy(path, ArrayKeys())
+    if ids is not None:
+        table = table.set_column(table.column_names.index("id"), "id",
+                                 pa.array(_read_ids(ids, table.num_rows), pa.string()))
+    emb = embeddings_from_table(table, path)
+    return QuerySet(labelled(emb, name="queries"), None,
+                    {**input_paths(embeddings=path), "content_hash": emb.content_hash(),
+                     **input_paths(ids=ids)})
+
+
+def _read_ids(path: Path, rows: int) -> list[str]:
+    """Query ids: a .npy of names, or a text file with one id per line."""
+    from retrieval.data.errors import DataError
+
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    if path.suffix.lower() == ".npy":
+        ids = [str(v) for v in np.load(path, allow_pickle=False).reshape(-1)]
+    else:
+        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(ids) != rows:
+        raise DataError(f"{path}: {len(ids)} ids for {rows} query vectors")
+    return ids

@@ -20,8 +20,8 @@ from retrieval.common.atomic import check_output
 from retrieval.common.progress import ProgressCallback, no_progress
 from retrieval.errors import OptionError
 from retrieval.jobs.evaluate import complete_int_column
-from retrieval.jobs.inputs import read_split
-from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_labels, default_protocol, labelled, ranking_labels
+from retrieval.jobs.inputs import QuerySet, query_set
+from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_labels, default_protocol, ranking_labels
 from retrieval.run_schema import SEARCH_RANKINGS_SCHEMA, SEARCH_RESULTS_SCHEMA, input_paths, run_record
 
 
@@ -81,9 +81,10 @@ class Search:
                 "junk_pids": list(self.options.junk_pids)}
 
 
-def search(index_dir: Path, queries_file: Path, options: SearchOptions, out: Path | None = None,
+def search(index_dir: Path, queries_file: Path | QuerySet, options: SearchOptions, out: Path | None = None,
            overwrite: bool = False, progress: ProgressCallback | None = None) -> Search:
-    """Search the index with the queries of a file; ``out`` (checked first) is not written here."""
+    """Search the index with queries (an embeddings file, or a ``jobs.inputs.QuerySet``: .npy / .npz,
+    one vector); ``out`` (checked first) is not written here."""
     from retrieval.indexes.store import load_index
 
     options.check()
@@ -92,15 +93,14 @@ def search(index_dir: Path, queries_file: Path, options: SearchOptions, out: Pat
     progress = progress or no_progress
     started = time.perf_counter()
     handle = load_index(index_dir, device=options.device)
-    emb, split = read_split(queries_file, options.split, "query")
-    queries = labelled(emb, name="queries")
+    given = queries_file if isinstance(queries_file, QuerySet) else query_set(queries_file, split=options.split)
+    queries, split = given.queries, given.split
     timings = {"load": time.perf_counter() - started}
     started = time.perf_counter()
     found = search_with_progress(handle, queries.vectors, options, progress)
     timings["search"] = time.perf_counter() - started
     rankings, protocol = rankings_table(handle, queries, found.distances, found.rows, options)
-    inputs = {**input_paths(embeddings=queries_file), "content_hash": emb.content_hash(),
-              "gallery_content_hash": handle.manifest.get("content_hash"), **input_paths(index=index_dir)}
+    inputs = {**given.inputs, "gallery_content_hash": handle.manifest.get("content_hash"), **input_paths(index=index_dir)}
     return Search(handle, queries, split, found, rankings, protocol, options, inputs, timings)
 
 
