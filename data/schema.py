@@ -2,9 +2,11 @@
 
 Required columns: ``id`` (string, unique) and ``embedding`` (fixed_size_list<float32>[d],
 which DuckDB reads as ``FLOAT[d]``). Usual columns: ``pid`` (int64), ``camid`` (int32,
-nullable), ``split`` (string), ``path`` (string). Any other column is carried through.
+nullable), ``split`` (string), ``path`` (string). Optional ``parts``
+(fixed_size_list<float32>[P·d]): P local (part) features of d values per row, stripe by stripe,
+with the file metadata ``retrieve.parts`` = P. Any other column is carried through.
 File key-value metadata (all values are strings, keys prefixed ``retrieve.``):
-format version, dim, normalized ("true"/"false"), model, creator.
+format version, dim, normalized ("true"/"false"), model, creator, parts (when the column is there).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ PID = "pid"
 CAMID = "camid"
 SPLIT = "split"
 PATH = "path"
+PARTS = "parts"
 
-KNOWN_COLUMNS = (ID, EMBEDDING, PID, CAMID, SPLIT, PATH)
+KNOWN_COLUMNS = (ID, EMBEDDING, PID, CAMID, SPLIT, PATH, PARTS)
 KNOWN_SPLITS = ("train", "query", "gallery", "free")
 
 META_PREFIX = "retrieve."
@@ -29,6 +32,7 @@ META_DIM = "retrieve.dim"
 META_NORMALIZED = "retrieve.normalized"
 META_MODEL = "retrieve.model"
 META_CREATOR = "retrieve.creator"
+META_PARTS = "retrieve.parts"
 
 COLUMN_TYPES: dict[str, pa.DataType] = {
     ID: pa.string(),

@@ -81,6 +81,7 @@ class Embeddings:
     camid_known: np.ndarray | None = None  # bool; None when every camid is known
     split: np.ndarray | None = None  # object array of str
     path: np.ndarray | None = None  # object array of str
+    parts: np.ndarray | None = None  # float32 (n, P·d): P part features per row (``num_parts``)
     extra: pa.Table = field(default_factory=lambda: pa.table({}))
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = ""
@@ -92,6 +93,11 @@ class Embeddings:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @property
+    def num_parts(self) -> int:
+        """P, the number of part features per row in ``parts`` (0 without a parts column)."""
+        return 0 if self.parts is None else int(self.metadata[schema.META_PARTS])
 
     @property
     def normalized(self) -> bool:
@@ -116,6 +122,7 @@ class Embeddings:
             camid_known=take(self.camid_known),
             split=take(self.split),
             path=take(self.path),
+            parts=None if self.parts is None else np.ascontiguousarray(self.parts[rows]),
             extra=self.extra.take(pa.array(rows, type=pa.int64())) if self.extra.num_columns else self.extra,
         )
 
@@ -185,19 +192,20 @@ def _ids_array(path: Path, column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=object)
 
 
-def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: list[str]) -> np.ndarray:
-    """The embedding column as a float32 (n, d) matrix, after the type and shape checks."""
+def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: list[str],
+                   name: str = schema.EMBEDDING) -> np.ndarray:
+    """A vector column (``embedding``, ``parts``) as a float32 (n, d) matrix, after the type and shape checks."""
     col_type = column.type
     if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)):
-        raise DataError(f"{path}: column 'embedding' must be a list of floats, got {col_type}")
+        raise DataError(f"{path}: column '{name}' must be a list of floats, got {col_type}")
     value_type = col_type.value_type
     if not pa.types.is_floating(value_type):
-        raise DataError(f"{path}: column 'embedding' must hold floats, got list of {value_type}")
+        raise DataError(f"{path}: column '{name}' must hold floats, got list of {value_type}")
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if array.null_count:
         missing = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
         raise DataError(
-            f"{path}: column 'embedding' is null in {int(missing.sum())} row(s) (first ids: {_first_ids(ids, missing)})"
+            f"{path}: column '{name}' is null in {int(missing.sum())} row(s) (first ids: {_first_ids(ids, missing)})"
         )
     if pa.types.is_fixed_size_list(col_type):
         dim = col_type.list_size
@@ -208,25 +216,40 @@ def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: 
             common = int(dims[np.argmax(counts)])
             odd = lengths != common
             raise DataError(
-                f"{path}: column 'embedding' has mixed dimensions {sorted(int(d) for d in dims)}; "
+                f"{path}: column '{name}' has mixed dimensions {sorted(int(d) for d in dims)}; "
                 f"{int(odd.sum())} row(s) differ from {common} (first ids: {_first_ids(ids, odd)})"
             )
         dim = int(dims[0]) if len(dims) else 0
-        notes.append(f"{path}: 'embedding' is a variable-length list; read as fixed dimension {dim}")
+        notes.append(f"{path}: '{name}' is a variable-length list; read as fixed dimension {dim}")
     if dim == 0:
-        raise DataError(f"{path}: column 'embedding' has dimension 0")
+        raise DataError(f"{path}: column '{name}' has dimension 0")
     values = array.flatten().to_numpy(zero_copy_only=False)
     if values.dtype != np.float32:
-        notes.append(f"{path}: 'embedding' values are {value_type}; converted to float32")
+        notes.append(f"{path}: '{name}' values are {value_type}; converted to float32")
         values = values.astype(np.float32)
     vectors = np.ascontiguousarray(values.reshape(len(ids), dim))
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         bad = ~finite
         raise DataError(
-            f"{path}: column 'embedding' has NaN or Inf in {int(bad.sum())} row(s) (first ids: {_first_ids(ids, bad)})"
+            f"{path}: column '{name}' has NaN or Inf in {int(bad.sum())} row(s) (first ids: {_first_ids(ids, bad)})"
         )
     return vectors
+
+
+def _parts_array(path: Path, table: pa.Table, ids: np.ndarray, notes: list[str], metadata: dict[str, str]) -> np.ndarray | None:
+    """The optional ``parts`` column, validated like ``embedding``; its width must be P·d with P = ``retrieve.parts``."""
+    if schema.PARTS not in table.column_names:
+        return None
+    parts = _vectors_array(path, table.column(schema.PARTS), ids, notes, name=schema.PARTS)
+    count = metadata.get(schema.META_PARTS)
+    if count is None or not count.isdigit() or int(count) < 1:
+        raise DataError(f"{path}: column 'parts' needs the file metadata {schema.META_PARTS} = P (number of parts), "
+                        f"got {count!r}")
+    if parts.shape[1] % int(count):
+        raise DataError(f"{path}: column 'parts' has {parts.shape[1]} values per row, not a multiple of "
+                        f"{schema.META_PARTS} = {count}")
+    return parts
 
 
 def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
@@ -294,10 +317,11 @@ def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[st
     split = _string_column(path, table, schema.SPLIT)
     _check_splits(path, split)
     paths = _string_column(path, table, schema.PATH)
+    parts = _parts_array(path, table, ids, notes, dict(metadata or {}))
     extra = table.drop_columns([c for c in table.column_names if c in schema.KNOWN_COLUMNS])
     return Embeddings(
         ids=ids, vectors=vectors, pid=pid, camid=camid, camid_known=camid_known, split=split, path=paths,
-        extra=extra, metadata=dict(metadata or {}), source=str(source), notes=tuple(notes),
+        parts=parts, extra=extra, metadata=dict(metadata or {}), source=str(source), notes=tuple(notes),
     )
 
 
@@ -389,8 +413,8 @@ def _creator() -> str:
 
 
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None, paths=None,
-                     extra: pa.Table | dict | None = None) -> pa.Table:
-    """Build an Arrow table in the embeddings format (no metadata)."""
+                     extra: pa.Table | dict | None = None, parts: np.ndarray | None = None) -> pa.Table:
+    """Build an Arrow table in the embeddings format (no metadata); ``parts``: (n, P, d) part features."""
     vectors = np.asarray(vectors)
     if vectors.dtype not in (np.float16, np.float32, np.float64):
         vectors = vectors.astype(np.float32)  # integers and the like: validation names float types only
@@ -413,6 +437,12 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=No
         columns[name] = array.cast(schema.COLUMN_TYPES[name])
         if len(columns[name]) != n:
             raise DataError(f"column '{name}' has {len(columns[name])} values for {n} rows")
+    if parts is not None:
+        parts = np.asarray(parts)
+        if parts.ndim != 3 or len(parts) != n:
+            raise DataError(f"parts must be an (n, P, d) array with n = {n} rows, got shape {parts.shape}")
+        flat = np.ascontiguousarray(parts).reshape(n, -1)
+        columns[schema.PARTS] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
     table = pa.table(columns)
     if extra is not None:
         extra_table = extra if isinstance(extra, pa.Table) else pa.table(extra)
@@ -424,10 +454,14 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=No
 def canonical_table(table: pa.Table, emb: Embeddings) -> pa.Table:
     """The table with its embedding column as validated float32 fixed-size lists."""
     column = pa.FixedSizeListArray.from_arrays(pa.array(emb.vectors.reshape(-1), type=pa.float32()), emb.dim)
-    return table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
+    table = table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
+    if emb.parts is not None:
+        parts = pa.FixedSizeListArray.from_arrays(pa.array(emb.parts.reshape(-1), type=pa.float32()), emb.parts.shape[1])
+        table = table.set_column(table.column_names.index(schema.PARTS), schema.PARTS, parts)
+    return table
 
 
-def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None) -> pa.Table:
+def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None, parts: int = 0) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     meta.update({
         schema.META_FORMAT_VERSION.encode(): schema.FORMAT_VERSION.encode(),
@@ -436,6 +470,8 @@ def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None
         schema.META_MODEL.encode(): (model or "").encode(),
         schema.META_CREATOR.encode(): _creator().encode(),
     })
+    if parts:
+        meta[schema.META_PARTS.encode()] = str(int(parts)).encode()
     return table.replace_schema_metadata(meta)
 
 
@@ -462,12 +498,16 @@ def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: 
 
 def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None,
                      paths=None, extra: pa.Table | dict | None = None, model: str | None = None,
-                     row_group_rows: int | None = None) -> Path:
-    """Write an embeddings file atomically (validated first, so a bad input never lands on disk)."""
+                     row_group_rows: int | None = None, parts: np.ndarray | None = None) -> Path:
+    """Write an embeddings file atomically (validated first, so a bad input never lands on disk).
+
+    ``parts``: optional (n, P, d) part features, written as the ``parts`` column with ``retrieve.parts`` = P.
+    """
     path = Path(path)
-    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra)
-    emb = embeddings_from_table(table, path)
-    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model)
+    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra, parts)
+    num_parts = 0 if parts is None else int(np.shape(parts)[1])
+    emb = embeddings_from_table(table, path, {schema.META_PARTS: str(num_parts)} if num_parts else None)
+    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model, num_parts)
     return write_parquet_atomically(table, path, row_group_rows)
 
 
