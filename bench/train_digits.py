@@ -42,7 +42,7 @@ def machine() -> str:
 def summary(name: str, runs: list[dict], **extra) -> dict:
     """mean ± sd (population, over seeds) of mAP, rank-1 and mINP, and the seconds."""
     row = {"model": name, **extra, "seeds": [r["seed"] for r in runs]}
-    for key in ("mAP", "rank-1", "mINP", "seconds"):
+    for key in ("mAP", "rank-1", "mINP", "seconds", "cpu_seconds"):
         values = np.array([r[key] for r in runs if r.get(key) is not None], dtype=float)
         if len(values):
             row[key] = float(values.mean())
@@ -72,13 +72,13 @@ EPOCHS: list[str] = []  # ["--epochs", N] for a quick smoke run (--epochs); empt
 def default_recipe(scratch: Path, seed: int, threads: int) -> dict:
     """train -> embed -> evaluate through the CLI; also the untrained network and each feature."""
     model, emb = scratch / f"default-{seed}", scratch / f"default-{seed}.parquet"
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trained = cli(["train", "--dataset", "digits", "--seed", str(seed), "--threads", str(threads), "--device", "cpu",
                    "--eval-every", "1000", "--out", str(model), "--workspace", str(scratch / "ws"), *EPOCHS])
     cli(["embed", str(model), "--dataset", "digits", "--out", str(emb), "--device", "cpu"])
     evaluated = cli(["evaluate", str(emb), "--protocol", "no-camera", "--workspace", str(scratch / "ws")])
-    seconds = time.perf_counter() - started
-    row = {"seed": seed, "seconds": seconds, "mAP": evaluated["mAP"], "rank-1": evaluated["cmc"]["1"], "mINP": evaluated["mINP"],
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    row = {"seed": seed, "seconds": seconds, "cpu_seconds": cpu_seconds, "mAP": evaluated["mAP"], "rank-1": evaluated["cmc"]["1"], "mINP": evaluated["mINP"],
            "trainer_mAP": trained["evaluation"]["mAP"], "untrained": trained["initial_evaluation"]}
     return row, model
 
@@ -214,7 +214,8 @@ def losses_section(args, scratch: Path, rows: list[dict]) -> dict[str, list[Path
 
 
 def mutual_section(args, scratch: Path, rows: list[dict], singles: dict[str, list[Path]]) -> None:
-    """DML with the KL term (softmax in the loss), and the ensemble control: two networks trained apart."""
+    """DML with the KL term (softmax in the loss), and the ensemble controls: the same two peers without
+    the mutual terms, and two networks trained apart."""
     from retrieval.train.recipes import DIGITS
 
     loss = "softmax+triplet:batch-hard"
@@ -226,6 +227,11 @@ def mutual_section(args, scratch: Path, rows: list[dict], singles: dict[str, lis
             peers[peer].append({**values[peer], "seconds": timing["seconds"]})
     rows.append(summary("DML with KL, peer 1 alone", peers[1], loss=loss))
     rows.append(summary("DML with KL, both peers concatenated", peers["all"], loss=loss))
+    side_by_side = []
+    for seed in args.seeds:
+        timing = trained_row(scratch, f"side-by-side-{seed}", seed, mutual_weight=0.0)
+        side_by_side.append({**peer_rows(scratch / f"side-by-side-{seed}", seed)["all"], "seconds": timing["seconds"]})
+    rows.append(summary("two peers, --mutual-weight 0 (no mutual terms), concatenated", side_by_side, loss=DIGITS["loss"]))
     if DIGITS["loss"] in singles:
         rows.append(summary("two networks trained apart (--mutual 1), concatenated",
                             pair_of_independent(singles[DIGITS["loss"]], args.seeds), loss=DIGITS["loss"]))

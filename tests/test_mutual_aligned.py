@@ -117,3 +117,25 @@ def test_mutual_terms_average_over_the_other_peers():
             np.mean([float(metric_towards(embeddings[i], embeddings[j])) for j in others]), rel=1e-6)
     assert set(mutual_terms(embeddings, logits, with_kl=False)[0]) == {"mutual_metric"}
     assert math.isclose(float(mutual_terms(embeddings[:1] * 2, logits[:1] * 2, True)[0]["mutual_kl"]), 0.0, abs_tol=1e-7)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 2.5])
+def test_batch_losses_add_the_weighted_mutual_terms_to_each_peer(weight):
+    from retrieval.train.network import build_network
+    from retrieval.train.step import batch_losses
+
+    torch.manual_seed(0)
+    spec = {"backbone": "small-cnn", "width": 4, "in_channels": 1, "num_classes": 4, "image_size": [8, 8], "peers": 2}
+    network = build_network(spec)
+    losses = torch.nn.ModuleList(build_loss("softmax+triplet", 4, peer.feat_dim) for peer in network.peers)
+    outputs = network(torch.randn(len(LABELS), 1, 8, 8))
+    labels = torch.tensor(LABELS)
+    total, values = batch_losses(outputs, losses, labels, with_kl=True, mutual_weight=weight)
+    own = [loss(o.pre, o.logits, labels)[0] for o, loss in zip(outputs, losses)]
+    terms = mutual_terms([o.pre for o in outputs], [o.logits for o in outputs], with_kl=True)
+    mutual = [sum(t.values()) for t in terms]
+    want = sum(float((o + weight * m).detach()) for o, m in zip(own, mutual))
+    assert float(total.detach()) == pytest.approx(want, rel=1e-5)
+    assert values["loss"] == pytest.approx(want / 2, rel=1e-5)
+    assert values["loss_mutual_metric"] == pytest.approx(np.mean([float(t["mutual_metric"].detach()) for t in terms]), rel=1e-5)
+    assert values["loss_mutual_metric"] > 0 and values["loss_mutual_kl"] > 0  # recorded even with weight 0

@@ -85,6 +85,7 @@ def train_command(
     parts: int = typer.Option(0, "--parts", min=0, help="Local branch with P horizontal stripes (AlignedReID); use with the loss term aligned (0: none)."),
     part_dim: Optional[int] = typer.Option(None, "--part-dim", min=1, help="Width of each stripe feature (default 64)."),
     mutual: Optional[int] = typer.Option(None, "--mutual", min=1, help="Peers trained together by deep mutual learning (1: plain training; default 1, digits 2)."),
+    mutual_weight: Optional[float] = typer.Option(None, "--mutual-weight", min=0.0, help="Weight of the mutual terms (default 1; 0: the peers train side by side without learning from each other, an ensemble)."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd (Nesterov momentum 0.9)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A state-dict file to start the backbone from (ResNet names: conv1, layer1…)."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Base learning rate, warm-up and step decay scaled to --epochs (default adam 3.5e-4, sgd 0.01; digits adam 1e-3)."),
@@ -126,7 +127,8 @@ def train_command(
     config = TrainConfig(
         model_dir=str(out), dataset=source_dataset, layout=kind, root=root, loss=loss, epochs=epochs, p=p, k=k,
         image_size=size, backbone=backbone, depth=depth, width=width, pool=pool, head=head, head_dim=head_dim,
-        feature=feature, parts=parts, part_dim=part_dim, mutual=mutual, optimizer=optimizer, lr=lr,
+        feature=feature, parts=parts, part_dim=part_dim, mutual=mutual, mutual_weight=mutual_weight,
+        optimizer=optimizer, lr=lr,
         device=device.value, seed=seed, eval_every=eval_every, save_every=save_every, workers=workers,
         weights=None if weights is None else str(weights), resume=resume,
         workspace=None if workspace is None else str(workspace), command=shlex.join(["retrieve", *sys.argv[1:]]),

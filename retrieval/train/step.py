@@ -48,8 +48,12 @@ def prefetched(items: list, load: Callable):
         yield future.result()
 
 
-def batch_losses(outputs, losses, target: torch.Tensor, with_kl: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """The summed loss of all peers (what is back-propagated) and the values to record, each the mean over peers."""
+def batch_losses(outputs, losses, target: torch.Tensor, with_kl: bool,
+                 mutual_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The summed loss of all peers (what is back-propagated) and the values to record, each the mean over peers.
+
+    The mutual terms are recorded unweighted; ``mutual_weight`` scales what they add to each peer's loss.
+    """
     embeddings = [out.pre.float() for out in outputs]
     logits = [out.logits.float() for out in outputs]
     mutual = mutual_terms(embeddings, logits, with_kl) if len(outputs) > 1 else [{}]
@@ -57,7 +61,7 @@ def batch_losses(outputs, losses, target: torch.Tensor, with_kl: bool) -> tuple[
     sums: dict[str, float] = {}
     for out, loss_fn, extra, emb, logit in zip(outputs, losses, mutual, embeddings, logits):
         own, terms = loss_fn(emb, logit, target, None if out.parts is None else out.parts.float())
-        peer_total = own + sum(extra.values())
+        peer_total = own + mutual_weight * sum(extra.values())
         total = total + peer_total
         for name, value in {"loss": peer_total, **{f"loss_{k}": v for k, v in {**terms, **extra}.items()}}.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
@@ -65,7 +69,7 @@ def batch_losses(outputs, losses, target: torch.Tensor, with_kl: bool) -> tuple[
 
 
 def run_epoch(network, losses, optimizer, scaler, schedule, sampler, image_set, train_rows, labels, augment, device,
-              epoch: int, epochs: int, seed: int, with_kl: bool, progress) -> dict[str, Any]:
+              epoch: int, epochs: int, seed: int, with_kl: bool, mutual_weight: float, progress) -> dict[str, Any]:
     """One epoch of PK batches; returns the epoch's row (mean losses and mining statistics, timing)."""
     sampler.set_epoch(epoch)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # augmentations, on the CPU
@@ -86,7 +90,7 @@ def run_epoch(network, losses, optimizer, scaler, schedule, sampler, image_set, 
         target = torch.from_numpy(labels[np.asarray(batch)]).to(device)
         with autocast(device):
             outputs = network(images)
-        total, values = batch_losses(outputs, losses, target, with_kl)
+        total, values = batch_losses(outputs, losses, target, with_kl, mutual_weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.step(optimizer)

@@ -39,7 +39,7 @@ FORMAT_VERSION = 2  # 1: one BNNeck network, no pool/head/peers/parts (still rea
 COLLAPSE_DISTANCE = 1e-3
 # these must agree between a checkpoint and a --resume call.
 RESUME_KEYS = ("dataset", "layout", "loss", "p", "k", "image_size", "backbone", "depth", "width", "lr", "seed",
-               "pool", "head", "head_dim", "parts", "part_dim", "mutual", "optimizer")
+               "pool", "head", "head_dim", "parts", "part_dim", "mutual", "mutual_weight", "optimizer")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     parts: int = 0  # P stripes of the local branch (AlignedReID); 0: none
     part_dim: int | None = None
     mutual: int | None = None  # peers trained together (deep mutual learning); 1: plain training
+    mutual_weight: float | None = None  # weight of the mutual terms; 0: peers side by side (an ensemble)
     optimizer: str = "adam"
     lr: float | None = None
     device: str = "auto"
@@ -101,6 +102,7 @@ class TrainConfig:
             part_dim=(self.part_dim or DEFAULT_PART_DIM) if self.parts else None,
             lr=self.lr if self.lr is not None else base["lr"][self.optimizer],
             mutual=self.mutual or base["mutual"],
+            mutual_weight=self.mutual_weight if self.mutual_weight is not None else base["mutual_weight"],
         )
         return TrainConfig(**values)
 
@@ -113,6 +115,7 @@ class TrainConfig:
             (self.feature in FEATURES, f"unknown --feature {self.feature!r}; choose from {', '.join(FEATURES)}"),
             (self.optimizer in OPTIMIZERS, f"unknown --optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
             (self.mutual >= 1, "--mutual must be at least 1"),
+            (self.mutual_weight >= 0, "--mutual-weight must not be negative"),
             (self.save_every >= 1, "--save-every must be at least 1"),
             (bool(self.parts) == any(t.name == "aligned" for t in terms),
              "--parts P and the loss term 'aligned' go together (e.g. --parts 4 --loss triplet+aligned)"),
@@ -360,7 +363,8 @@ def train(config: TrainConfig, progress: Callable | None = None, warn: Callable[
     for epoch in range(start_epoch, config.epochs):
         row = run_epoch(session.network, session.losses, session.optimizer, session.scaler, session.schedule,
                         session.sampler, session.image_set, session.train_rows, session.labels, session.augment,
-                        session.device, epoch, config.epochs, config.seed, session.with_kl, progress)
+                        session.device, epoch, config.epochs, config.seed, session.with_kl, config.mutual_weight,
+                        progress)
         timings["train"] += row["seconds"]
         if not np.isfinite(row["loss"]):
             raise RetrieveError(f"epoch {epoch + 1}: the loss is not finite ({row['loss']}); lower --lr")
@@ -425,7 +429,8 @@ def model_name(config: TrainConfig) -> str:
     extras = [f"pool={config.pool}"]
     extras += [] if config.head == "none" else [f"head={config.head}{config.head_dim}"]
     extras += [] if not config.parts else [f"parts={config.parts}"]
-    extras += [] if config.mutual == 1 else [f"mutual={config.mutual}"]
+    weight = "" if config.mutual_weight == 1 else f"x{config.mutual_weight:g}"
+    extras += [] if config.mutual == 1 else [f"mutual={config.mutual}{weight}"]
     return f"{arch}-w{config.width} {' '.join(extras)} {config.loss} ({config.dataset or config.layout})"
 
 
