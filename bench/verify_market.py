@@ -85,7 +85,7 @@ def full_sort_roc(distances: np.ndarray, same: np.ndarray, keep: np.ndarray, far
 
 
 def label(far: float) -> str:
-    from retrieval.eval.verification import far_label
+    from retrieval.eval.roc import far_label
 
     return far_label(far)
 
@@ -103,7 +103,7 @@ def load(data: Path):
 def contender(name: str, data: Path) -> dict:
     from retrieval.eval.distances import EmbeddingDistances
     from retrieval.eval.protocol import RankingLabels
-    from retrieval.eval.verification import query_gallery_verification
+    from retrieval.eval.trials import query_gallery_verification
 
     query, gallery = load(data)
     source = EmbeddingDistances(query.vectors, gallery.vectors, metric="sqeuclidean", device="cpu")

@@ -1,19 +1,19 @@
-"""Read, validate, stream and write embeddings files (the Parquet format of ``data.schema``).
+"""Read and validate embeddings files (the Parquet format of ``data.schema``) as typed arrays.
 
 Every problem with a file raises ``DataError`` with one line naming the file, the
 column and the offending rows (first few ids and a count). Float64/float16 vectors and
 variable-length lists of one common length are converted to the canonical type, with
 a note in ``Embeddings.notes`` instead of an error.
+
+The content hash lives in ``data.hashing`` and writing in ``data.writer``; their public names
+stay importable from here (``write_embeddings``, ``EmbeddingsWriter``, ...) for existing code.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,51 +21,9 @@ import pyarrow.parquet as pq
 
 from retrieval.data import schema
 from retrieval.data.errors import DataError
+from retrieval.data.hashing import ContentHasher, content_hash  # noqa: F401  (public here too)
 
 SHOW_FIRST = 5  # how many offending ids an error message lists
-
-
-# --------------------------------------------------------------------------- content hash
-
-
-class ContentHasher:
-    """SHA-256 of the ids and vectors of a file, in row order, independent of batch boundaries.
-
-    Three streams are hashed separately and combined: the ids' UTF-8 byte lengths
-    (uint32 little-endian), the ids' bytes, and the vectors as float32 little-endian.
-    The digest is ``sha256("retrieve-content-v1" | dim | lengths | bytes | vectors)``
-    over the three stream digests, so it identifies the data, not the Parquet layout.
-    """
-
-    def __init__(self) -> None:
-        self._lengths = hashlib.sha256()
-        self._chars = hashlib.sha256()
-        self._vectors = hashlib.sha256()
-        self._dim: int | None = None
-        self.rows = 0
-
-    def update(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        encoded = [str(i).encode("utf-8") for i in ids]
-        self._lengths.update(np.asarray([len(e) for e in encoded], dtype="<u4").tobytes())
-        self._chars.update(b"".join(encoded))
-        self._vectors.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        self._dim = int(vectors.shape[1]) if vectors.ndim == 2 else self._dim
-        self.rows += len(encoded)
-
-    def hexdigest(self) -> str:
-        final = hashlib.sha256(b"retrieve-content-v1")
-        final.update(str(self._dim or 0).encode())
-        for part in (self._lengths, self._chars, self._vectors):
-            final.update(part.digest())
-        return final.hexdigest()
-
-
-def content_hash(ids: Sequence[str], vectors: np.ndarray) -> str:
-    """The content hash of ids + vectors (see ``ContentHasher``)."""
-    hasher = ContentHasher()
-    hasher.update(ids, vectors)
-    return hasher.hexdigest()
-
 
 # --------------------------------------------------------------------------- the typed object
 
@@ -109,6 +67,8 @@ class Embeddings:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a run of rows: views, no copy of the vectors
 
         def take(array):
             return None if array is None else array[rows]
@@ -123,8 +83,15 @@ class Embeddings:
             split=take(self.split),
             path=take(self.path),
             parts=None if self.parts is None else np.ascontiguousarray(self.parts[rows]),
-            extra=self.extra.take(pa.array(rows, type=pa.int64())) if self.extra.num_columns else self.extra,
+            extra=self._take_extra(rows),
         )
+
+    def _take_extra(self, rows) -> pa.Table:
+        if not self.extra.num_columns:
+            return self.extra
+        if isinstance(rows, slice):
+            return self.extra.slice(rows.start, rows.stop - rows.start)
+        return self.extra.take(pa.array(rows, type=pa.int64()))
 
     def by_split(self, name: str) -> "Embeddings":
         """The rows of one split; an empty selection is an error naming the file and split."""
@@ -195,61 +162,89 @@ def _ids_array(path: Path, column: pa.ChunkedArray) -> np.ndarray:
 def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: list[str],
                    name: str = schema.EMBEDDING) -> np.ndarray:
     """A vector column (``embedding``, ``parts``) as a float32 (n, d) matrix, after the type and shape checks."""
-    col_type = column.type
-    if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)):
-        raise DataError(f"{path}: column '{name}' must be a list of floats, got {col_type}")
-    value_type = col_type.value_type
-    if not pa.types.is_floating(value_type):
-        raise DataError(f"{path}: column '{name}' must hold floats, got list of {value_type}")
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if array.null_count:
-        missing = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
-        raise DataError(
-            f"{path}: column '{name}' is null in {int(missing.sum())} row(s) (first ids: {_first_ids(ids, missing)})"
-        )
-    if pa.types.is_fixed_size_list(col_type):
-        dim = col_type.list_size
-    else:
-        lengths = np.asarray(array.value_lengths().to_numpy(zero_copy_only=False))
-        dims, counts = np.unique(lengths, return_counts=True)
-        if len(dims) > 1:
-            common = int(dims[np.argmax(counts)])
-            odd = lengths != common
+    reader = _VectorReader(path, column.type, len(ids), notes, name)
+    for chunk in column.chunks:
+        reader.add(chunk, ids)
+    return reader.finish(ids)
+
+
+class _VectorReader:
+    """Copies the chunks of a vector column (``embedding``, ``parts``) into one preallocated float32
+    (n, d) matrix: one copy of the data.
+
+    Each chunk is checked where it is read (nulls, dimensions, NaN/Inf), so a file never needs a
+    second full-size buffer: not Arrow's combined column, not a float64 or boolean temporary.
+    """
+
+    def __init__(self, path: Path, col_type: pa.DataType, rows: int, notes: list[str],
+                 name: str = schema.EMBEDDING) -> None:
+        self.name = name
+        if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)):
+            raise DataError(f"{path}: column '{self.name}' must be a list of floats, got {col_type}")
+        if not pa.types.is_floating(col_type.value_type):
+            raise DataError(f"{path}: column '{self.name}' must hold floats, got list of {col_type.value_type}")
+        self.path, self.col_type, self.rows, self.notes = path, col_type, rows, notes
+        self.dim = col_type.list_size if pa.types.is_fixed_size_list(col_type) else None
+        self.vectors: np.ndarray | None = None
+        self.filled = 0
+        self.bad_rows: list[np.ndarray] = []
+        self.variable_note = False
+
+    def add(self, chunk: pa.Array, ids: np.ndarray) -> None:
+        first, n = self.filled, len(chunk)
+        if chunk.null_count:
+            missing = np.zeros(self.rows, dtype=bool)
+            missing[first:first + n] = np.asarray(chunk.is_null().to_numpy(zero_copy_only=False))
             raise DataError(
-                f"{path}: column '{name}' has mixed dimensions {sorted(int(d) for d in dims)}; "
+                f"{self.path}: column '{self.name}' is null in {int(missing.sum())} row(s) "
+                f"(first ids: {_first_ids(ids, missing)})"
+            )
+        dim = self._chunk_dim(chunk, first, ids)
+        if self.vectors is None:
+            if dim == 0:
+                raise DataError(f"{self.path}: column '{self.name}' has dimension 0")
+            self.dim = dim
+            self.vectors = np.empty((self.rows, dim), dtype=np.float32)
+        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, self.dim)
+        target = self.vectors[first:first + n]
+        np.copyto(target, values, casting="unsafe")  # float64/float16 -> float32, noted once
+        finite = np.isfinite(target).all(axis=1)
+        if not finite.all():
+            self.bad_rows.append(np.flatnonzero(~finite) + first)
+        self.filled += n
+
+    def _chunk_dim(self, chunk: pa.Array, first: int, ids: np.ndarray) -> int:
+        if pa.types.is_fixed_size_list(self.col_type):
+            return self.col_type.list_size
+        lengths = np.asarray(chunk.value_lengths().to_numpy(zero_copy_only=False))
+        dims, counts = np.unique(lengths, return_counts=True)
+        common = self.dim if self.dim is not None else (int(dims[np.argmax(counts)]) if len(dims) else 0)
+        if len(dims) > 1 or (len(dims) and int(dims[0]) != common):
+            odd = np.zeros(self.rows, dtype=bool)
+            odd[first:first + len(chunk)] = lengths != common
+            seen = sorted({int(d) for d in dims} | {common})
+            raise DataError(
+                f"{self.path}: column '{self.name}' has mixed dimensions {seen}; "
                 f"{int(odd.sum())} row(s) differ from {common} (first ids: {_first_ids(ids, odd)})"
             )
-        dim = int(dims[0]) if len(dims) else 0
-        notes.append(f"{path}: '{name}' is a variable-length list; read as fixed dimension {dim}")
-    if dim == 0:
-        raise DataError(f"{path}: column '{name}' has dimension 0")
-    values = array.flatten().to_numpy(zero_copy_only=False)
-    if values.dtype != np.float32:
-        notes.append(f"{path}: '{name}' values are {value_type}; converted to float32")
-        values = values.astype(np.float32)
-    vectors = np.ascontiguousarray(values.reshape(len(ids), dim))
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        bad = ~finite
-        raise DataError(
-            f"{path}: column '{name}' has NaN or Inf in {int(bad.sum())} row(s) (first ids: {_first_ids(ids, bad)})"
-        )
-    return vectors
+        if not self.variable_note:
+            self.notes.append(f"{self.path}: '{self.name}' is a variable-length list; read as fixed dimension {common}")
+            self.variable_note = True
+        return common
 
-
-def _parts_array(path: Path, table: pa.Table, ids: np.ndarray, notes: list[str], metadata: dict[str, str]) -> np.ndarray | None:
-    """The optional ``parts`` column, validated like ``embedding``; its width must be P·d with P = ``retrieve.parts``."""
-    if schema.PARTS not in table.column_names:
-        return None
-    parts = _vectors_array(path, table.column(schema.PARTS), ids, notes, name=schema.PARTS)
-    count = metadata.get(schema.META_PARTS)
-    if count is None or not count.isdigit() or int(count) < 1:
-        raise DataError(f"{path}: column 'parts' needs the file metadata {schema.META_PARTS} = P (number of parts), "
-                        f"got {count!r}")
-    if parts.shape[1] % int(count):
-        raise DataError(f"{path}: column 'parts' has {parts.shape[1]} values per row, not a multiple of "
-                        f"{schema.META_PARTS} = {count}")
-    return parts
+    def finish(self, ids: np.ndarray) -> np.ndarray:
+        if self.vectors is None:
+            raise DataError(f"{self.path}: column '{self.name}' has dimension 0")
+        if not pa.types.is_float32(self.col_type.value_type):
+            self.notes.append(f"{self.path}: '{self.name}' values are {self.col_type.value_type}; converted to float32")
+        if self.bad_rows:
+            bad = np.zeros(self.rows, dtype=bool)
+            bad[np.concatenate(self.bad_rows)] = True
+            raise DataError(
+                f"{self.path}: column '{self.name}' has NaN or Inf in {int(bad.sum())} row(s) "
+                f"(first ids: {_first_ids(ids, bad)})"
+            )
+        return self.vectors
 
 
 def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
@@ -302,16 +297,38 @@ def _check_splits(path: Path, split: np.ndarray | None) -> None:
         )
 
 
+def _parts_array(path: Path, table: pa.Table, ids: np.ndarray, notes: list[str], metadata: dict[str, str]) -> np.ndarray | None:
+    """The optional ``parts`` column, validated like ``embedding``; its width must be P·d with P = ``retrieve.parts``."""
+    if schema.PARTS not in table.column_names:
+        return None
+    parts = _vectors_array(path, table.column(schema.PARTS), ids, notes, name=schema.PARTS)
+    count = metadata.get(schema.META_PARTS)
+    if count is None or not count.isdigit() or int(count) < 1:
+        raise DataError(f"{path}: column 'parts' needs the file metadata {schema.META_PARTS} = P (number of parts), "
+                        f"got {count!r}")
+    if parts.shape[1] % int(count):
+        raise DataError(f"{path}: column 'parts' has {parts.shape[1]} values per row, not a multiple of "
+                        f"{schema.META_PARTS} = {count}")
+    return parts
+
+
 def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[str, str] | None = None,
-                          check_unique: bool = True) -> Embeddings:
-    """Validate an Arrow table in the embeddings format and return the typed object."""
+                          check_unique: bool = True, vectors: "_VectorSource | None" = None) -> Embeddings:
+    """Validate an Arrow table in the embeddings format and return the typed object.
+
+    ``vectors``: where the embedding column comes from when the table does not hold it (a file
+    read row group by row group); by default the table's own column.
+    """
     path = Path(source)
-    _check_columns(path, table.column_names)
+    _check_columns(path, table.column_names + ([] if vectors is None else [schema.EMBEDDING]))
     notes: list[str] = []
     ids = _ids_array(path, table.column(schema.ID))
     if check_unique:
         _check_unique_ids(path, ids)
-    vectors = _vectors_array(path, table.column(schema.EMBEDDING), ids, notes)
+    if vectors is None:
+        vectors = _vectors_array(path, table.column(schema.EMBEDDING), ids, notes)
+    else:
+        vectors = vectors.read(ids, notes)
     pid, _ = _int_column(path, table, schema.PID, ids, nullable=False)
     camid, camid_known = _int_column(path, table, schema.CAMID, ids, nullable=True)
     split = _string_column(path, table, schema.SPLIT)
@@ -323,6 +340,22 @@ def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[st
         ids=ids, vectors=vectors, pid=pid, camid=camid, camid_known=camid_known, split=split, path=paths,
         parts=parts, extra=extra, metadata=dict(metadata or {}), source=str(source), notes=tuple(notes),
     )
+
+
+class _VectorSource:
+    """The embedding column of a Parquet file, read one row group at a time into one array."""
+
+    def __init__(self, parquet: pq.ParquetFile, path: Path) -> None:
+        self.parquet, self.path = parquet, path
+
+    def read(self, ids: np.ndarray, notes: list[str]) -> np.ndarray:
+        col_type = self.parquet.schema_arrow.field(schema.EMBEDDING).type
+        reader = _VectorReader(self.path, col_type, len(ids), notes)
+        # a buffered stream, in batches: a file written with one huge row group is never decoded whole
+        streamed = pq.ParquetFile(self.path, buffer_size=8 * 1024 * 1024, pre_buffer=False)
+        for batch in streamed.iter_batches(batch_size=4096, columns=[schema.EMBEDDING]):
+            reader.add(batch.column(0), ids)
+        return reader.finish(ids)
 
 
 def _as_split_list(splits: str | Sequence[str] | None) -> list[str] | None:
@@ -343,10 +376,11 @@ def read_embeddings(path: Path | str, splits: str | Sequence[str] | None = None,
     names = parquet.schema_arrow.names
     _check_columns(path, names)
     wanted = [c for c in names if c in schema.KNOWN_COLUMNS or columns is None or c in columns]
-    table = parquet.read(columns=wanted)
+    table = parquet.read(columns=[c for c in wanted if c != schema.EMBEDDING])
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no rows")
-    emb = embeddings_from_table(table, path, _decode_metadata(parquet.schema_arrow.metadata))
+    vectors = _VectorSource(parquet, path)
+    emb = embeddings_from_table(table, path, _decode_metadata(parquet.schema_arrow.metadata), vectors=vectors)
     wanted_splits = _as_split_list(splits)
     if wanted_splits is None:
         return emb
@@ -399,151 +433,14 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
         raise DataError(f"{path}: {what}")
 
 
-# --------------------------------------------------------------------------- writing
+# Writing lives in data.writer; these names are looked up there on first use (no import cycle).
+_WRITER_NAMES = ("embeddings_table", "canonical_table", "with_metadata", "write_parquet_atomically",
+                 "write_embeddings", "EmbeddingsWriter")
 
 
-def _creator() -> str:
-    # The installed distribution's version: data/ imports nothing from the layers above it.
-    from importlib.metadata import PackageNotFoundError, version
+def __getattr__(name: str):
+    if name in _WRITER_NAMES:
+        from retrieval.data import writer
 
-    try:
-        return f"retrieve {version('retrieve')}"
-    except PackageNotFoundError:
-        return "retrieve"
-
-
-def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None, paths=None,
-                     extra: pa.Table | dict | None = None, parts: np.ndarray | None = None) -> pa.Table:
-    """Build an Arrow table in the embeddings format (no metadata); ``parts``: (n, P, d) part features."""
-    vectors = np.asarray(vectors)
-    if vectors.dtype not in (np.float16, np.float32, np.float64):
-        vectors = vectors.astype(np.float32)  # integers and the like: validation names float types only
-    if vectors.ndim != 2:
-        raise DataError(f"vectors must be a 2-D matrix, got shape {vectors.shape}")
-    n, dim = vectors.shape
-    columns: dict[str, pa.Array] = {
-        schema.ID: pa.array([str(i) for i in ids], type=pa.string()),
-        # Kept in its float type here so that validation can note a conversion; see canonical_table.
-        schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).reshape(-1)), dim),
-    }
-    if len(columns[schema.ID]) != n:
-        raise DataError(f"{len(columns[schema.ID])} ids for {n} vectors")
-    optional = {schema.PID: pid, schema.CAMID: camid, schema.SPLIT: split, schema.PATH: paths}
-    for name, values in optional.items():
-        if values is None:
-            continue
-        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(
-            values.tolist() if isinstance(values, np.ndarray) else list(values))
-        columns[name] = array.cast(schema.COLUMN_TYPES[name])
-        if len(columns[name]) != n:
-            raise DataError(f"column '{name}' has {len(columns[name])} values for {n} rows")
-    if parts is not None:
-        parts = np.asarray(parts)
-        if parts.ndim != 3 or len(parts) != n:
-            raise DataError(f"parts must be an (n, P, d) array with n = {n} rows, got shape {parts.shape}")
-        flat = np.ascontiguousarray(parts).reshape(n, -1)
-        columns[schema.PARTS] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-    table = pa.table(columns)
-    if extra is not None:
-        extra_table = extra if isinstance(extra, pa.Table) else pa.table(extra)
-        for name in extra_table.column_names:
-            table = table.append_column(name, extra_table.column(name))
-    return table
-
-
-def canonical_table(table: pa.Table, emb: Embeddings) -> pa.Table:
-    """The table with its embedding column as validated float32 fixed-size lists."""
-    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.vectors.reshape(-1), type=pa.float32()), emb.dim)
-    table = table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
-    if emb.parts is not None:
-        parts = pa.FixedSizeListArray.from_arrays(pa.array(emb.parts.reshape(-1), type=pa.float32()), emb.parts.shape[1])
-        table = table.set_column(table.column_names.index(schema.PARTS), schema.PARTS, parts)
-    return table
-
-
-def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None, parts: int = 0) -> pa.Table:
-    meta = dict(table.schema.metadata or {})
-    meta.update({
-        schema.META_FORMAT_VERSION.encode(): schema.FORMAT_VERSION.encode(),
-        schema.META_DIM.encode(): str(dim).encode(),
-        schema.META_NORMALIZED.encode(): str(bool(normalized)).lower().encode(),
-        schema.META_MODEL.encode(): (model or "").encode(),
-        schema.META_CREATOR.encode(): _creator().encode(),
-    })
-    if parts:
-        meta[schema.META_PARTS.encode()] = str(int(parts)).encode()
-    return table.replace_schema_metadata(meta)
-
-
-def atomic_output(path: Path) -> Path:
-    """A temporary path beside ``path``; rename it into place with ``os.replace`` once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: int | None = None) -> Path:
-    """Write a Parquet file under a temporary name and rename it into place (never half-written)."""
-    path = Path(path)
-    tmp = atomic_output(path)
-    try:
-        pq.write_table(table, tmp, row_group_size=row_group_rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None,
-                     paths=None, extra: pa.Table | dict | None = None, model: str | None = None,
-                     row_group_rows: int | None = None, parts: np.ndarray | None = None) -> Path:
-    """Write an embeddings file atomically (validated first, so a bad input never lands on disk).
-
-    ``parts``: optional (n, P, d) part features, written as the ``parts`` column with ``retrieve.parts`` = P.
-    """
-    path = Path(path)
-    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra, parts)
-    num_parts = 0 if parts is None else int(np.shape(parts)[1])
-    emb = embeddings_from_table(table, path, {schema.META_PARTS: str(num_parts)} if num_parts else None)
-    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model, num_parts)
-    return write_parquet_atomically(table, path, row_group_rows)
-
-
-class EmbeddingsWriter:
-    """Write an embeddings file batch by batch (for files larger than memory), atomically on close."""
-
-    def __init__(self, path: Path | str, dim: int, model: str | None = None, normalized: bool = True,
-                 with_columns: Iterable[str] = (schema.PID, schema.CAMID, schema.SPLIT)) -> None:
-        self.path = Path(path)
-        fields = [pa.field(schema.ID, pa.string()), pa.field(schema.EMBEDDING, schema.embedding_type(dim))]
-        fields += [pa.field(c, schema.COLUMN_TYPES[c]) for c in with_columns]
-        self.schema = with_metadata(pa.schema(fields).empty_table(), dim, normalized, model).schema
-        self._tmp = atomic_output(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema)
-        self.rows = 0
-
-    def write(self, ids, vectors, **columns) -> None:
-        table = embeddings_table(ids, np.asarray(vectors, dtype=np.float32),
-                                 **{k: v for k, v in columns.items() if k != "extra"})
-        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
-        self.rows += table.num_rows
-
-    def close(self) -> Path:
-        self._writer.close()
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "EmbeddingsWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.protocol import RankingLabels
 
 CMC_MODES = ("multi-gallery-shot", "single-gallery-shot")
@@ -30,8 +31,7 @@ def cmc_curve(per_query_hits: np.ndarray) -> np.ndarray:
 
 
 def single_gallery_shot_hits(
-    distances: np.ndarray,
-    first_row: int,
+    block: DistanceBlock,
     labels: RankingLabels,
     *,
     max_rank: int,
@@ -42,9 +42,10 @@ def single_gallery_shot_hits(
     identity, rank only those, and average the hit curves. (b, max_rank); NaN rows for queries
     without a true match. Each query draws from its own generator seeded by (seed, query row), so
     results do not depend on block sizes. Identities are gallery pids (junk pids excluded);
-    ties are broken by gallery column as everywhere else.
+    ties are broken by gallery column as everywhere else, on exact values (see ``eval.ranking``).
     """
-    num_rows = distances.shape[0]
+    num_rows = block.values.shape[0]
+    first_row = block.start
     pids = labels.gallery_pid
     order = np.argsort(pids, kind="stable")
     group_pids, starts, counts = np.unique(pids[order], return_index=True, return_counts=True)
@@ -63,10 +64,24 @@ def single_gallery_shot_hits(
         chosen_match = matches[rng.integers(0, len(matches), size=repeats)]
         picks = starts[others][None, :] + (rng.random((repeats, int(others.sum()))) * counts[others]).astype(np.int64)
         chosen_other = order[picks]
-        row = distances[local]
-        d_match = row[chosen_match][:, None]
-        d_other = row[chosen_other]
-        before = (d_other < d_match) | ((d_other == d_match) & (chosen_other < chosen_match[:, None]))
-        rank = 1 + before.sum(axis=1)
+        rank = 1 + _count_before(block, local, chosen_match, chosen_other)
         hits[local] = (rank[:, None] <= ranks_axis[None, :]).mean(axis=0)
     return hits
+
+
+def _count_before(block: DistanceBlock, local: int, chosen_match: np.ndarray, chosen_other: np.ndarray) -> np.ndarray:
+    """Per repeat: the sampled others before the sampled match in exact (value, column) order."""
+    row = block.values[local]
+    window = 2.0 * float(block.bound[local])
+    d_match = row[chosen_match][:, None].astype(np.float64)
+    d_other = row[chosen_other]
+    before = d_other < below(d_match, window)
+    unsure = ~before & (d_other <= above(d_match, window))
+    if unsure.any():
+        reps, which = np.nonzero(unsure)
+        cols = np.concatenate([chosen_other[reps, which], chosen_match])
+        exact = block.exact_row(local, cols)
+        other_value, match_value = exact[: len(reps)], exact[len(reps):][reps]
+        other_col, match_col = chosen_other[reps, which], chosen_match[reps]
+        before[reps, which] = (other_value < match_value) | ((other_value == match_value) & (other_col < match_col))
+    return before.sum(axis=1)

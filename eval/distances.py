@@ -1,35 +1,81 @@
-"""Distance sources: query-block × gallery distance matrices, smaller = closer.
+"""Distance sources: query-block × gallery distances with an error bound and an exact fallback.
 
-A ``DistanceSource`` yields ``(first query row, (b, G) array)`` blocks so that nothing of size
-queries × gallery is held at once. The evaluator ranks exactly the arrays it is given, so the
-rank of an item always equals its position in a stable sort of the same block.
+A ``DistanceSource`` yields ``DistanceBlock``s: approximate ranking values (smaller = closer), a
+per-row bound on how far any value of the row may be from the exact one, and a function that
+returns exact values of chosen (row, column) pairs. Ranking code orders by the approximate values
+and decides every comparison closer than the bound with exact values, so its results are those
+of the exact values: the same for any block size, row position, BLAS kernel and device.
+
+Sources:
+* ``EmbeddingDistances``: float32 GEMM blocks over the distance core's exact keys
+  (``indexes.distance``: ‖q − g‖² rounded once to float32, or −q·g), reported in the metric's
+  units (euclidean √key, sqeuclidean key, cosine key/2 = 1 − cos);
+* ``PrecomputedDistances``: a matrix given whole, exact as given;
+* ``eval.rerank.RerankedDistances``: k-reciprocal re-ranked distances.
+Nothing of size queries × gallery is held at once unless a caller asks for it.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-from typing import Iterator, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from retrieval.eval.errors import EvaluationError
-
-METRICS = ("euclidean", "sqeuclidean", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
+from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name  # noqa: F401
+from retrieval.common.metrics import EVAL_METRICS
+from retrieval.common.text import few
+from retrieval.indexes.errors import FaissIndexError
 
 # Distances held at once per block (float32): block rows are chosen so that one block fits.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
 
+ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DistanceBlock:
+    """Rows ``start .. start + b`` of the query × gallery values.
+
+    ``values`` (b, G): approximate ranking values, smaller = closer; ``bound`` (b,): for every
+    entry of row r, |values[r, c] − exact(r, c)| ≤ bound[r] (all zero: the values are exact);
+    ``exact_fn(local rows, cols)`` returns exact values of those pairs (None: the values are exact).
+    """
+
+    start: int
+    values: np.ndarray
+    bound: np.ndarray
+    exact_fn: ExactFn | None = None
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.values.shape[0]
+
+    def exact(self, local_rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if self.exact_fn is None:
+            return self.values[local_rows, cols]
+        return self.exact_fn(np.asarray(local_rows, np.int64), np.asarray(cols, np.int64))
+
+    def exact_row(self, local_row: int, cols: np.ndarray) -> np.ndarray:
+        return self.exact(np.full(len(cols), local_row, np.int64), cols)
+
+    @classmethod
+    def exact_values(cls, start: int, values: np.ndarray) -> "DistanceBlock":
+        return cls(start, values, np.zeros(values.shape[0]), None)
+
 
 @runtime_checkable
 class DistanceSource(Protocol):
-    """Anything that yields query-block × gallery distance matrices (smaller = closer)."""
+    """Anything that yields query-block × gallery ``DistanceBlock``s (smaller = closer)."""
 
     num_queries: int
     num_gallery: int
+    metric: str
 
-    def blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
+    def blocks(self, block_rows: int) -> Iterator[DistanceBlock]: ...
+
+    def to_distance(self, values: np.ndarray) -> np.ndarray: ...
 
 
 def block_rows_for(num_gallery: int, budget_bytes: int = DEFAULT_BLOCK_BYTES, itemsize: int = 4) -> int:
@@ -38,127 +84,78 @@ def block_rows_for(num_gallery: int, budget_bytes: int = DEFAULT_BLOCK_BYTES, it
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
-    if device not in DEVICES:
-        raise EvaluationError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
-    if device == "cpu":
-        return "cpu"
-    available = _cuda_available()
-    if device == "cuda" and not available:
-        raise EvaluationError("--device cuda: no CUDA GPU is available to torch on this machine; use --device cpu")
-    return "cuda" if available else "cpu"
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu`` (the distance core's one rule)."""
+    from retrieval.indexes.distance import resolve_device as resolve
 
-
-def _cuda_available() -> bool:
-    # Importing torch costs seconds: only try when the machine shows an NVIDIA device at all.
-    if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*")):
-        return False
     try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+        return resolve(device)
+    except FaissIndexError as error:
+        raise EvaluationError(str(error)) from None
 
 
 class EmbeddingDistances:
-    """Distances between query and gallery embeddings, computed one query block at a time.
+    """Distances between query and gallery embeddings under one metric, one query block at a time.
 
-    euclidean: sqrt(max(||q||² + ||g||² − 2 q·g, 0)); sqeuclidean: the same without the root;
-    cosine: 1 − q·g / (||q|| ||g||). Float32 matrix product (BLAS on CPU, torch on CUDA).
+    Ranking values are the distance core's keys (float32 GEMM approximations with their bound,
+    exact keys on demand); ``to_distance`` turns keys into the metric's distances. BLAS on the
+    CPU, torch on CUDA (full float32, TF32 off): the results are the same on both.
     """
 
-    def __init__(
-        self,
-        query_vectors: np.ndarray,
-        gallery_vectors: np.ndarray,
-        metric: str = "euclidean",
-        device: str = "cpu",
-    ) -> None:
-        if metric not in METRICS:
-            raise EvaluationError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-        query = np.ascontiguousarray(query_vectors, dtype=np.float32)
-        gallery = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
-        if query.ndim != 2 or gallery.ndim != 2:
-            raise EvaluationError("query and gallery vectors must be 2-D arrays (rows × dimension)")
-        if query.shape[1] != gallery.shape[1]:
-            raise EvaluationError(
-                f"dimension mismatch: queries have {query.shape[1]} dimensions, gallery {gallery.shape[1]}"
-            )
-        if metric == "cosine":
-            query, gallery = _unit_rows(query, "query"), _unit_rows(gallery, "gallery")
-        self.metric = metric
-        self.device = resolve_device(device)
-        self.query, self.gallery = query, gallery
-        self.num_queries, self.num_gallery = len(query), len(gallery)
-        self.query_sq_norms = np.einsum("ij,ij->i", query, query)
-        self.gallery_sq_norms = np.einsum("ij,ij->i", gallery, gallery)
-
-    def blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        if self.device == "cuda":
-            yield from self.torch_blocks(block_rows, "cuda")
-            return
-        for start in range(0, self.num_queries, block_rows):
-            stop = min(start + block_rows, self.num_queries)
-            yield start, self._cpu_block(start, stop)
-
-    def _cpu_block(self, start: int, stop: int) -> np.ndarray:
-        if self.metric == "cosine":
-            block = self.query[start:stop] @ self.gallery.T
-            np.subtract(1.0, block, out=block)
-            return block
-        # (−2q)·g is exactly −2(q·g) (a power-of-two scale), and saves a pass over the block
-        block = (self.query[start:stop] * np.float32(-2.0)) @ self.gallery.T
-        block += self.query_sq_norms[start:stop, None]
-        block += self.gallery_sq_norms[None, :]
-        np.maximum(block, 0.0, out=block)  # rounding can make a self-distance slightly negative
-        if self.metric == "euclidean":
-            np.sqrt(block, out=block)
-        return block
-
-    def torch_blocks(self, block_rows: int, torch_device: str = "cuda") -> Iterator[tuple[int, np.ndarray]]:
-        """The same blocks computed with torch on ``torch_device`` (the GPU path; "cpu" for tests)."""
-        import torch
-
-        gallery = torch.from_numpy(self.gallery).to(torch_device)
-        gallery_sq = torch.from_numpy(self.gallery_sq_norms).to(torch_device)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # full float32 products, as on the CPU
+    def __init__(self, query_vectors: np.ndarray, gallery_vectors: np.ndarray, metric: str = "euclidean",
+                 device: str = "cpu") -> None:
+        metric = _eval_metric(metric)
+        self.metric = metric.value
+        self._raw = (query_vectors, gallery_vectors)
         try:
-            yield from self._torch_block_loop(torch, gallery, gallery_sq, block_rows)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+            self.space = KeySpace(query_vectors, gallery_vectors, metric, resolve_device(device))
+        except FaissIndexError as error:
+            raise EvaluationError(str(error)) from None
+        self.device = self.space.device
+        self.num_queries, self.num_gallery = self.space.num_queries, self.space.num_gallery
 
-    def _torch_block_loop(self, torch, gallery, gallery_sq, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, self.num_queries, block_rows):
-            stop = min(start + block_rows, self.num_queries)
-            query = torch.from_numpy(self.query[start:stop]).to(gallery.device)
-            with torch.no_grad():
-                if self.metric == "cosine":
-                    block = 1.0 - query @ gallery.T
-                else:
-                    query_sq = torch.from_numpy(self.query_sq_norms[start:stop]).to(gallery.device)
-                    block = torch.addmm(gallery_sq[None, :] + query_sq[:, None], query, gallery.T, alpha=-2.0)
-                    block.clamp_(min=0.0)
-                    if self.metric == "euclidean":
-                        block.sqrt_()
-            yield start, block.cpu().numpy()
+    def to_distance(self, values: np.ndarray) -> np.ndarray:
+        return key_to_distance(values, self.metric)
+
+    def gallery_subset(self, cols: np.ndarray) -> "EmbeddingDistances":
+        """The same queries against the gallery rows ``cols``: every key is unchanged (keys are exact)."""
+        queries, gallery = self._raw
+        return EmbeddingDistances(queries, np.asarray(gallery)[cols], self.metric, self.device)
+
+    def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
+        for start, values in self.space.approx_blocks(block_rows):
+            yield self._block(start, values)
+
+    def torch_blocks(self, block_rows: int, torch_device: str = "cuda") -> Iterator[DistanceBlock]:
+        """The GPU path's blocks (``"cpu"`` runs the same torch code without a GPU, for tests)."""
+        for start, values in self.space.torch_approx_blocks(block_rows, torch_device):
+            yield self._block(start, values)
+
+    def exact_blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
+        """Blocks of exact keys for every pair (about twice the cost): for all-pairs statistics."""
+        for start, values in self.space.exact_blocks(block_rows):
+            yield DistanceBlock.exact_values(start, values)
+
+    def exact(self, query_rows: np.ndarray, gallery_cols: np.ndarray) -> np.ndarray:
+        """Exact keys of (query row, gallery column) pairs."""
+        return self.space.exact(query_rows, gallery_cols)
+
+    def _block(self, start: int, values: np.ndarray) -> DistanceBlock:
+        bound = self.space.bounds.rows(start, start + values.shape[0])
+        return DistanceBlock(start, values, bound, lambda rows, cols: self.space.exact(rows + start, cols))
 
 
-def _unit_rows(vectors: np.ndarray, name: str) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1)
-    zero = np.flatnonzero(norms == 0)
-    if len(zero):
-        raise EvaluationError(f"cosine distance is undefined for zero {name} vectors (rows {_few(zero)})")
-    return vectors / norms[:, None]
-
-
-def _few(rows: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:limit])
-    return shown + (f", … ({len(rows)} in all)" if len(rows) > limit else "")
+def _eval_metric(name: str) -> Metric:
+    try:
+        metric = metric_from_name(name)
+    except FaissIndexError:
+        metric = None
+    if metric is None or metric.value not in EVAL_METRICS:
+        raise EvaluationError(f"unknown metric {name!r}; expected one of {', '.join(EVAL_METRICS)}")
+    return metric
 
 
 class PrecomputedDistances:
-    """A distance matrix given whole (Q, G); blocks are views of it, never modified."""
+    """A distance matrix given whole (Q, G); exact as given; blocks are views, never modified."""
 
     def __init__(self, matrix: np.ndarray, metric: str = "precomputed") -> None:
         matrix = np.asarray(matrix)
@@ -168,11 +165,16 @@ class PrecomputedDistances:
             matrix = matrix.astype(np.float64)
         nan_rows = np.flatnonzero(np.isnan(matrix).any(axis=1))
         if len(nan_rows):
-            raise EvaluationError(f"distance matrix holds NaN (query rows {_few(nan_rows)})")
+            raise EvaluationError(f"distance matrix holds NaN (query rows {few(nan_rows)})")
         self.matrix = matrix
         self.metric = metric
         self.num_queries, self.num_gallery = matrix.shape
 
-    def blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    def to_distance(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
         for start in range(0, self.num_queries, block_rows):
-            yield start, self.matrix[start : start + block_rows]
+            yield DistanceBlock.exact_values(start, self.matrix[start:start + block_rows])
+
+    exact_blocks = blocks

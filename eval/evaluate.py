@@ -9,7 +9,7 @@ ties ordered by gallery row (a stable sort), queries without a valid match skipp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +26,8 @@ from retrieval.eval.distances import DistanceSource, block_rows_for
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
 from retrieval.eval.ranking import match_ranks, ranked_list_match_ranks
+from retrieval.common.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 
 # Top-k mode: what AP@k divides by (see evaluate_topk).
 TOPK_AP_DENOMINATORS = ("in-list", "min-r-k")
@@ -53,6 +53,7 @@ RANKINGS_SCHEMA = pa.schema(
         ("distance", pa.float64()),
         ("is_match", pa.bool_()),
         ("is_junk", pa.bool_()),
+        ("kept_rank", pa.int64()),  # the protocol's rank (junk removed); null for junk items
     ]
 )
 
@@ -88,7 +89,11 @@ class RankingResult:
         return "mAP" if self.topk is None else "mAP@k"
 
     def rank(self, k: int) -> float:
-        """CMC rank-k (fraction)."""
+        """CMC rank-k (fraction); an error for k < 1 or beyond the computed curve."""
+        if not 1 <= k <= len(self.cmc):
+            known = f"1..{len(self.cmc)}"
+            why = " (top-k lists shorter than that)" if self.topk is not None else ""
+            raise EvaluationError(f"CMC rank-{k} is not available: ranks {known} were computed{why}")
         return float(self.cmc[k - 1])
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +193,9 @@ def evaluate_ranking(
 
     ``source`` yields (b, G) distance blocks; pids (Q,) / (G,); camids needed for ``market``;
     ids needed for ``leave-one-out`` (and used to label the tables). ``keep_top`` items per
-    query (stable order, junk included and flagged) go to ``rankings``; 0 keeps none.
+    query (stable order, same-camera junk included and flagged) go to ``rankings``; 0 keeps none.
+    Junk-pid gallery items are left out of the computation when the source allows it (they
+    never count), so they do not appear in ``rankings``.
     """
     if cmc_mode not in CMC_MODES:
         raise EvaluationError(f"unknown CMC mode {cmc_mode!r}; expected one of {', '.join(CMC_MODES)}")
@@ -198,23 +205,27 @@ def evaluate_ranking(
         query_ids, gallery_ids, ap_variant, max_rank,
     )
     labels = inputs.labels
-    block_rows = block_rows or block_rows_for(G)
+    source, ranking_labels, columns = _without_junk_columns(source, labels)
+    block_rows = block_rows or block_rows_for(source.num_gallery)
     rank_parts: list[tuple[np.ndarray, np.ndarray]] = []
     top_parts: list[tuple[int, np.ndarray, np.ndarray]] = []
     single_shot_parts: list[np.ndarray] = []
     done = 0
-    for first_row, block in source.blocks(block_rows):
-        if block.shape[1] != G:
-            raise EvaluationError(f"distance block has {block.shape[1]} columns, expected {G} gallery items")
-        ranks = match_ranks(block, first_row, labels, keep_top=keep_top)
+    for block in source.blocks(block_rows):
+        if block.values.shape[1] != source.num_gallery:
+            raise EvaluationError(
+                f"distance block has {block.values.shape[1]} columns, expected {source.num_gallery} gallery items"
+            )
+        ranks = match_ranks(block, ranking_labels, keep_top=keep_top)
         rank_parts.append((ranks.query, ranks.rank))
         if keep_top > 0:
-            top_parts.append((first_row, ranks.top_cols, ranks.top_dist))
+            top_cols = ranks.top_cols if columns is None else columns[ranks.top_cols]
+            top_parts.append((block.start, top_cols, source.to_distance(ranks.top_values)))
         if cmc_mode == "single-gallery-shot":
             single_shot_parts.append(
-                single_gallery_shot_hits(block, first_row, labels, max_rank=max_rank, repeats=repeats, seed=seed)
+                single_gallery_shot_hits(block, ranking_labels, max_rank=max_rank, repeats=repeats, seed=seed)
             )
-        done += block.shape[0]
+        done += block.values.shape[0]
         if progress is not None:
             progress("rank", done, Q)
     query = np.concatenate([p[0] for p in rank_parts]) if rank_parts else np.empty(0, np.int64)
@@ -226,6 +237,21 @@ def evaluate_ranking(
         metric=metric or getattr(source, "metric", "precomputed"), topk=None, cmc_mode=cmc_mode,
         rankings=_rankings_table(inputs, top_parts), single_shot_hits=single_shot,
     )
+
+
+def _without_junk_columns(source, labels: RankingLabels):
+    """The source and labels without the junk-pid gallery items, when the source can drop columns.
+
+    Junk-pid items never count for any query (protocols §1), and every distance is exact, so
+    leaving them out of the distance computation changes no rank and no metric; it only saves
+    their share of the matrix product (a quarter of Market-1501's gallery). ``columns`` maps the
+    remaining columns back to gallery rows (None when nothing was dropped).
+    """
+    junk = labels.gallery_is_junk_pid
+    if not junk.any() or junk.all() or not hasattr(source, "gallery_subset"):
+        return source, labels, None
+    columns = np.flatnonzero(~junk)
+    return source.gallery_subset(columns), labels.gallery_subset(columns), columns
 
 
 def evaluate_topk(
@@ -274,7 +300,7 @@ def evaluate_topk(
     if progress is not None:
         progress("rank", Q, Q)
     valid = num_relevant > 0
-    shortest = int(kept_length[valid].min()) if valid.any() else k
+    shortest = known_cmc_ranks(query, kept_length, valid, k)
     if shortest == 0:
         empty = inputs.query_ids[valid & (kept_length == 0)]
         raise EvaluationError(
@@ -289,6 +315,18 @@ def evaluate_topk(
         single_shot_hits=None, ap_denominator=_topk_ap_denominator(topk_ap, query, num_relevant, k),
         kept_length=kept_length, topk_ap=topk_ap,
     )
+
+
+def known_cmc_ranks(query: np.ndarray, kept_length: np.ndarray, valid: np.ndarray, k: int) -> int:
+    """The largest r for which every valid query's CMC value at rank r is known from its list.
+
+    A query whose list holds a true match knows its whole curve; one without a match found knows
+    only that it misses up to its kept list length (junk removed). Only the latter limit the curve.
+    """
+    found = np.zeros(len(valid), dtype=bool)
+    found[query] = True
+    limiting = valid & ~found
+    return int(kept_length[limiting].min()) if limiting.any() else k
 
 
 def _topk_ap_denominator(topk_ap: str, query: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
@@ -387,6 +425,13 @@ def _empty_rankings() -> pa.Table:
     return RANKINGS_SCHEMA.empty_table()
 
 
+def _ranks_within_groups(counted: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """1-based running count of ``counted`` items, restarting where ``group_start`` is True."""
+    running = np.cumsum(counted)
+    before_group = (running - counted)[group_start]
+    return running - np.repeat(before_group, np.diff(np.r_[np.flatnonzero(group_start), len(counted)]))
+
+
 def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarray]]) -> pa.Table:
     """Top items per query in stable order, junk included and flagged; rank counts every item."""
     if not parts:
@@ -396,6 +441,8 @@ def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarr
     cols = np.concatenate([c.ravel() for _, c, _ in parts])
     dist = np.concatenate([d.ravel() for _, _, d in parts]).astype(np.float64)
     rank = np.concatenate([np.tile(np.arange(1, c.shape[1] + 1), len(c)) for _, c, _ in parts])
+    junk = labels.is_junk(rows, cols)
+    kept_rank = _ranks_within_groups(~junk, rank == 1)
     return pa.table(
         {
             "query_id": pa.array(inputs.query_ids[rows].astype(str), pa.string()),
@@ -403,7 +450,8 @@ def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarr
             "gallery_id": pa.array(inputs.gallery_ids[cols].astype(str), pa.string()),
             "distance": pa.array(dist, pa.float64()),
             "is_match": pa.array(labels.is_match(rows, cols)),
-            "is_junk": pa.array(labels.is_junk(rows, cols)),
+            "is_junk": pa.array(junk),
+            "kept_rank": pa.array(kept_rank, pa.int64(), mask=junk),
         },
         schema=RANKINGS_SCHEMA,
     )

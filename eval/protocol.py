@@ -7,12 +7,15 @@ protocols.md §1. Junk items are removed from a query's ranking (they neither he
 * ``no-camera``: only the junk pids.
 * ``leave-one-out`` (query set = gallery set): the query's own item, keyed by id, and the junk pids.
 
-A true match is a gallery item with the query's pid that is not junk. Everything here works on
-sparse (query row, gallery column) pairs, never on a dense queries × gallery mask.
+A true match is a gallery item with the query's pid that is not junk. Distractors (pid 0) are
+ordinary negatives and never anyone's match, not even another distractor's: a pid-0 query has no
+valid match in any protocol (and pid-0 pairs are impostor trials in verification). Everything
+here works on sparse (query row, gallery column) pairs, never on a dense queries × gallery mask.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable
 
 import numpy as np
@@ -20,6 +23,12 @@ import numpy as np
 from retrieval.eval.errors import EvaluationError
 
 PROTOCOLS = ("market", "no-camera", "leave-one-out")
+DISTRACTOR_PID = 0  # unrelated images: negatives for everyone, nobody's match
+
+
+def same_identity(pid_a: np.ndarray, pid_b: np.ndarray) -> np.ndarray:
+    """Elementwise: the same person (equal pids that are not the distractor pid)."""
+    return (pid_a == pid_b) & (pid_a != DISTRACTOR_PID)
 
 
 class RankingLabels:
@@ -69,6 +78,20 @@ class RankingLabels:
             self.query_self_column = _self_columns(query_ids, gallery_ids)
         self._group_gallery_by_pid()
 
+    def gallery_subset(self, cols: np.ndarray) -> "RankingLabels":
+        """The same rules over the gallery columns ``cols`` only (in that order)."""
+        subset = copy.copy(self)
+        subset.gallery_pid = self.gallery_pid[cols]
+        if self.gallery_camid is not None:
+            subset.gallery_camid = self.gallery_camid[cols]
+        subset.num_gallery = len(cols)
+        subset.gallery_is_junk_pid = self.gallery_is_junk_pid[cols]
+        position = np.full(self.num_gallery + 1, -1, dtype=np.int64)  # slot -1 stays -1
+        position[cols] = np.arange(len(cols))
+        subset.query_self_column = position[self.query_self_column]
+        subset._group_gallery_by_pid()
+        return subset
+
     def _group_gallery_by_pid(self) -> None:
         # Gallery columns sorted by pid (stable): one contiguous slice per identity.
         self._pid_order = np.argsort(self.gallery_pid, kind="stable")
@@ -84,7 +107,7 @@ class RankingLabels:
         if len(self._pids) == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         where = np.minimum(np.searchsorted(self._pids, self.query_pid[rows]), len(self._pids) - 1)
-        found = self._pids[where] == self.query_pid[rows]
+        found = same_identity(self._pids[where], self.query_pid[rows])
         counts = np.where(found, self._pid_counts[where], 0)
         starts = np.where(found, self._pid_starts[where], 0)
         pair_rows = np.repeat(rows, counts)
@@ -97,14 +120,16 @@ class RankingLabels:
         """Junk flag of each (query row, gallery column) pair."""
         junk = self.gallery_is_junk_pid[cols].copy()
         if self.protocol == "market":
-            junk |= (self.gallery_pid[cols] == self.query_pid[rows]) & (self.gallery_camid[cols] == self.query_camid[rows])
+            junk |= same_identity(self.gallery_pid[cols], self.query_pid[rows]) & (
+                self.gallery_camid[cols] == self.query_camid[rows]
+            )
         elif self.protocol == "leave-one-out":
             junk |= cols == self.query_self_column[rows]
         return junk
 
     def row_flags(self, query_row: int, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(kept, match) flags of gallery columns ``cols`` for one query: the per-row fast path."""
-        same_pid = self.gallery_pid[cols] == self.query_pid[query_row]
+        same_pid = same_identity(self.gallery_pid[cols], self.query_pid[query_row])
         junk = self.gallery_is_junk_pid[cols]
         if self.protocol == "market":
             junk = junk | (same_pid & (self.gallery_camid[cols] == self.query_camid[query_row]))
@@ -114,7 +139,7 @@ class RankingLabels:
 
     def is_match(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """True-match flag of each pair: same pid and not junk."""
-        return (self.gallery_pid[cols] == self.query_pid[rows]) & ~self.is_junk(rows, cols)
+        return same_identity(self.gallery_pid[cols], self.query_pid[rows]) & ~self.is_junk(rows, cols)
 
     def match_pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The true-match pairs of the given query rows, grouped by row, columns ascending."""

@@ -1,11 +1,20 @@
-"""Ranks of true matches, found without sorting the gallery row.
+"""Ranks of true matches, found without sorting the gallery row, exact under any arithmetic.
 
-The rank of a true match is 1 + the number of kept (non-junk) gallery items before it in a
-stable ascending sort of the row: items strictly closer, plus items at the same distance with a
-lower gallery column. Only items at most as far as the query's last true match can come before
-any match, so each row is cut at that distance and only that short candidate list is ordered
-(row by row: the row and its candidates stay in cache, which beats one big vectorised sort).
-The result equals a full stable sort of the same array exactly, ties included.
+The rank of a true match m is 1 + the number of kept (non-junk) gallery items before it in a
+stable ascending sort of the row by *exact* value: items strictly closer, plus items at the same
+value with a lower gallery column. Two facts make this cheap:
+
+* only matches against non-matches matter: swapping two matches leaves the set of ranks as it
+  is, so rank_j = j + (non-matches before the j-th match), for the matches in that order;
+* a block's values are approximations within a bound B of the exact ones (0 for exact data): a
+  non-match whose value is below m's by more than 2B is surely before m, one above by more than
+  2B surely after; only the few inside the window are compared with exact values.
+
+So each row is cut at its farthest match + 2B, the kept non-matches up to the cut are sorted, the
+sure counts come from a binary search, and the windows are resolved with exact values fetched
+for the whole block at once. The top items of a row (for ``rankings``) are chosen the same way:
+every item that can be among the first k is given its exact value and ordered by
+(exact value, gallery column). The result equals a full stable sort of the exact values.
 
 Ranks are returned as flat arrays ``(query row, rank)``, grouped by query row, ranks ascending.
 """
@@ -16,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
 
@@ -26,50 +36,160 @@ class BlockRanks:
 
     query: np.ndarray  # (M,) absolute query row of each true match, grouped by row
     rank: np.ndarray  # (M,) kept rank (1-based), ascending within a row
-    top_cols: np.ndarray | None = None  # (b, keep_top) gallery columns, stable order, junk included
-    top_dist: np.ndarray | None = None  # (b, keep_top) their distances
+    top_cols: np.ndarray | None = None  # (b, keep_top) gallery columns, stable exact order, junk included
+    top_values: np.ndarray | None = None  # (b, keep_top) their exact values
+    refined_pairs: int = 0  # pairs whose exact value was needed
 
 
-def match_ranks(
-    distances: np.ndarray, first_row: int, labels: RankingLabels, keep_top: int = 0
-) -> BlockRanks:
+class _PairValues:
+    """Exact values of chosen (local row, column) pairs of a block, fetched in one call."""
+
+    def __init__(self, block: DistanceBlock, rows: np.ndarray, cols: np.ndarray) -> None:
+        self.num_cols = block.values.shape[1]
+        self.keys = np.unique(rows * self.num_cols + cols)
+        if block.exact_fn is None:
+            self.values = block.values[self.keys // self.num_cols, self.keys % self.num_cols]
+        else:
+            self.values = block.exact(self.keys // self.num_cols, self.keys % self.num_cols)
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.keys, rows * self.num_cols + cols)]
+
+
+def match_ranks(block: DistanceBlock, labels: RankingLabels, keep_top: int = 0) -> BlockRanks:
     """Kept ranks (1-based) of every true match of the block's queries, and their top items.
 
-    ``distances`` is the (b, G) block for query rows ``first_row .. first_row + b``. Each row is
-    cut at its farthest true match (and, when ``keep_top`` > 0, at its ``keep_top``-th smallest
-    distance); only the items up to the cut are ordered, by a stable sort on distance of the
-    column-ordered candidates, i.e. by (distance, gallery column).
+    ``block`` holds query rows ``block.start ..``; ``keep_top`` > 0 also returns each row's first
+    ``keep_top`` gallery columns (junk included) in exact stable order with their exact values.
+    Vectorised over the whole block: one pass selects every candidate, one sort orders them.
     """
-    num_rows, num_cols = distances.shape
+    num_rows, num_cols = block.values.shape
     keep_top = min(keep_top, num_cols)
-    match_rows, match_cols = labels.match_pairs(np.arange(first_row, first_row + num_rows))
-    cutoff = np.full(num_rows, -np.inf, dtype=np.float64)
-    np.maximum.at(cutoff, match_rows - first_row, distances[match_rows - first_row, match_cols])
-    has_match = np.bincount(match_rows - first_row, minlength=num_rows) > 0
-    top_cols = np.empty((num_rows, keep_top), np.int64) if keep_top else None
-    top_dist = np.empty((num_rows, keep_top), distances.dtype) if keep_top else None
-    query_parts, rank_parts = [], []
-    for local in range(num_rows):
-        row = distances[local]
-        if not has_match[local] and not keep_top:
-            continue
-        limit = cutoff[local] if has_match[local] else -np.inf
-        candidates = np.flatnonzero(row <= limit) if has_match[local] else np.empty(0, np.int64)
-        if len(candidates) < keep_top:
-            kth = np.partition(row, keep_top - 1)[keep_top - 1]
-            candidates = np.flatnonzero(row <= max(kth, limit))
-        ordered = candidates[np.argsort(row[candidates], kind="stable")]  # ties stay in column order
+    window = 2.0 * np.asarray(block.bound, dtype=np.float64)
+    match_rows, match_cols = labels.match_pairs(np.arange(block.start, block.stop))
+    match_rows = match_rows - block.start
+    match_values = block.values[match_rows, match_cols].astype(np.float64)
+    cands = _Candidates(block, match_rows, match_values, window, keep_top)
+    plan = _match_windows(cands, labels, block.start, match_rows, match_cols, match_values, window)
+    top = cands.top(keep_top, window) if keep_top else (np.empty(0, np.int64), np.empty(0, np.int64))
+    exact = _PairValues(
+        block,
+        np.concatenate([plan.pair_rows, match_rows[plan.pair_match], top[0]]),
+        np.concatenate([plan.pair_cols, match_cols[plan.pair_match], top[1]]),
+    )
+    before = plan.sure_before + _resolved_before(exact, plan, match_rows, match_cols)
+    query, rank = _ranks_from_counts(match_rows, before)
+    top_cols = top_values = None
+    if keep_top:
+        top_cols, top_values = _first_k(exact, top[0], top[1], num_rows, keep_top)
+    refined = len(exact.keys) if block.exact_fn is not None else 0
+    return BlockRanks(query + block.start, rank, top_cols, top_values, refined)
+
+
+class _Candidates:
+    """Every entry a row's ranks or top items can depend on, sorted by (row, approximate value).
+
+    A row's entries up to its farthest match + 2B (any of them may precede a match), and up to a
+    bound on its k-th smallest + 2B (any of them may be among its first k). The sort key
+    row·span + (value − offset) is a float64 that keeps rows apart; it is monotone in the value
+    within a row, so a comparison it cannot separate only ever lands in a window, never decided.
+    """
+
+    def __init__(self, block: DistanceBlock, match_rows, match_values, window, keep_top: int) -> None:
+        values = block.values
+        num_rows = values.shape[0]
+        threshold = np.full(num_rows, -np.inf)
+        np.maximum.at(threshold, match_rows, above(match_values, window[match_rows]))
         if keep_top:
-            top_cols[local] = ordered[:keep_top]
-            top_dist[local] = row[ordered[:keep_top]]
-        if has_match[local]:
-            kept, match = labels.row_flags(first_row + local, ordered)
-            ranks = np.flatnonzero(match[kept]) + 1
-            query_parts.append(np.full(len(ranks), first_row + local, np.int64))
-            rank_parts.append(ranks)
-    if not rank_parts:
-        return BlockRanks(np.empty(0, np.int64), np.empty(0, np.int64), top_cols, top_dist)
-    return BlockRanks(np.concatenate(query_parts), np.concatenate(rank_parts).astype(np.int64), top_cols, top_dist)
+            np.maximum(threshold, above(_kth_upper_bound(values, keep_top), window), out=threshold)
+        rows, cols = np.nonzero(values <= threshold[:, None])
+        vals = values[rows, cols].astype(np.float64)
+        finite = threshold[np.isfinite(threshold)]
+        low = min([float(vals.min(initial=0.0)), float(below(match_values, window[match_rows]).min(initial=0.0))])
+        high = float(finite.max(initial=0.0))
+        self.offset, self.span = low, 2.0 * (high - low) + 1.0
+        keys = rows * self.span + (vals - self.offset)
+        order = np.argsort(keys, kind="stable")
+        self.rows, self.cols, self.vals, self.keys = rows[order], cols[order], vals[order], keys[order]
+        self.row_start = np.searchsorted(self.rows, np.arange(num_rows + 1), side="left")
+
+    def key(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return rows * self.span + (values - self.offset)
+
+    def top(self, k: int, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) of the entries within 2B of each row's approximate k-th smallest."""
+        rows = np.arange(len(self.row_start) - 1)
+        kth = self.vals[self.row_start[:-1] + k - 1]  # every row holds ≥ k candidates
+        end = np.searchsorted(self.keys, self.key(rows, above(kth, window)), side="right")
+        lengths = end - self.row_start[:-1]
+        positions = _ranges(self.row_start[:-1], lengths)
+        return self.rows[positions], self.cols[positions]
+
+
+def _kth_upper_bound(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, a value ≥ its k-th smallest: the k-th smallest of an evenly spaced column sample."""
+    n = values.shape[1]
+    sample = max(64 * k, 2048)
+    part = values if 2 * sample >= n else values[:, :: n // sample]
+    return np.partition(part, k - 1, axis=1)[:, k - 1].astype(np.float64)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges starts[i] .. starts[i] + lengths[i]."""
+    return np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+
+
+@dataclass
+class _Windows:
+    """Per match: kept non-matches surely before it, and the (row, column) pairs to settle exactly."""
+
+    sure_before: np.ndarray  # (M,)
+    pair_match: np.ndarray  # (P,) index of the match each uncertain pair belongs to
+    pair_rows: np.ndarray  # (P,) local row of the non-match
+    pair_cols: np.ndarray  # (P,) its column
+
+
+def _match_windows(cands: _Candidates, labels: RankingLabels, start: int, match_rows, match_cols, match_values,
+                   window) -> _Windows:
+    absolute = cands.rows + start
+    negative = ~labels.is_junk(absolute, cands.cols) & ~labels.is_match(absolute, cands.cols)
+    rows, cols, keys = cands.rows[negative], cands.cols[negative], cands.keys[negative]
+    # the key is monotone in the value: key(x) < key(t) implies x < t, and x ≤ t implies key(x) ≤ key(t)
+    lo = np.searchsorted(keys, cands.key(match_rows, below(match_values, window[match_rows])), side="left")
+    hi = np.searchsorted(keys, cands.key(match_rows, above(match_values, window[match_rows])), side="right")
+    sure_before = lo - np.searchsorted(rows, match_rows, side="left")
+    lengths = hi - lo
+    positions = _ranges(lo, lengths)
+    pair_match = np.repeat(np.arange(len(match_rows)), lengths)
+    return _Windows(sure_before.astype(np.int64), pair_match, rows[positions], cols[positions])
+
+
+def _resolved_before(exact: _PairValues, plan: _Windows, match_rows, match_cols) -> np.ndarray:
+    """Per match: the window's non-matches before it in exact (value, column) order."""
+    if len(plan.pair_match) == 0:
+        return np.zeros(len(match_rows), np.int64)
+    other = exact.get(plan.pair_rows, plan.pair_cols)
+    mine = exact.get(match_rows[plan.pair_match], match_cols[plan.pair_match])
+    before = (other < mine) | ((other == mine) & (plan.pair_cols < match_cols[plan.pair_match]))
+    return np.bincount(plan.pair_match, weights=before, minlength=len(match_rows)).astype(np.int64)
+
+
+def _ranks_from_counts(match_rows: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rank_j = j + (non-matches before the j-th match), matches ordered by that count per row."""
+    order = np.lexsort((before, match_rows))
+    rows, before = match_rows[order], before[order]
+    first = np.searchsorted(rows, rows, side="left")
+    ordinal = np.arange(len(rows)) - first + 1
+    return rows, (before + ordinal).astype(np.int64)
+
+
+def _first_k(exact: _PairValues, rows: np.ndarray, cols: np.ndarray, num_rows: int, k: int):
+    vals = exact.get(rows, cols)
+    order = np.lexsort((cols, vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    position = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    first = position < k
+    return cols[first].reshape(num_rows, k), vals[first].reshape(num_rows, k)
 
 
 def ranked_list_match_ranks(

@@ -16,28 +16,35 @@ The steps are those of protocols.md §3, over the N = Q + G items (queries and g
 
 Only neighbour lists (N × (k1+1)) and the sparse rows of V are kept; the Q × G result is produced
 block by block (:meth:`RerankedDistances.blocks`) and never built whole unless :meth:`dense` is
-called. Sets and weights are computed in float64 from float32 GEMM distances.
+called.
+
+Exactness: every original distance that enters a set, a weight or a row maximum is the distance
+core's exact key (``indexes.distance``), and the weights use a fixed-operation exponential, so V
+is the same on every machine and device. The final distances of step 8 use float32 GEMM values
+for d with a proven bound (λ·B / row max); the ranking code settles every comparison within it
+with exact keys (``DistanceBlock``), so re-ranked ranks and metrics are exact too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 
+from retrieval.eval.distances import DistanceBlock
 from retrieval.eval.errors import EvaluationError
-from retrieval.indexes.knn import exact_knn, exact_knn_between, squared_distance_blocks
+from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, normalise
+from retrieval.indexes.knn import exact_knn_between, exact_knn_in
+from retrieval.common.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 
 DISTANCES = ("squared", "toolkit")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 _TRIPLES_PER_CHUNK = 2_000_000  # bounds the Jaccard step's temporary arrays (~60 bytes each)
 _BLOCK_BYTES = 64 * 1024 * 1024  # one float64 block of final distances (a few temporaries of its size)
 _KEEP_QUERY_GALLERY_BYTES = 1024**3  # keep the query × gallery distances of the neighbour pass up to this
-_PAIRS_PER_CHUNK = 8_192  # bounds the gathered rows when computing d(i, j) on the sets
 
 
 def half_k(k1: int) -> int:
@@ -92,7 +99,7 @@ class RerankedDistances:
             raise EvaluationError(f"unknown device {device!r}: expected cpu, cuda or auto")
         vectors = np.concatenate([query_vectors, gallery_vectors])
         if metric == "cosine":  # 2 - 2 cos is the squared euclidean distance of unit vectors
-            vectors = _l2_normalise(vectors)
+            vectors = normalise(vectors)
         self.num_queries = len(query_vectors)
         self.num_gallery = len(gallery_vectors)
         self.k1, self.k2, self.lambda_ = int(k1), int(k2), float(lambda_)
@@ -102,6 +109,7 @@ class RerankedDistances:
         self._progress = progress
         self._graph: NeighbourhoodGraph | None = None
         self._gallery_v: sp.csc_matrix | None = None
+        self._space: KeySpace | None = None
 
     @property
     def params(self) -> dict:
@@ -118,43 +126,77 @@ class RerankedDistances:
             self._gallery_v = self._graph.v[self.num_queries:].tocsc()
         return self._graph
 
-    def blocks(self, block_rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(first query row, (b, G) float64 final distances)`` for blocks of query rows.
+    def to_distance(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    @property
+    def space(self) -> KeySpace:
+        """Query × gallery keys (squared euclidean of the vectors the graph was built on)."""
+        if self._space is None:
+            queries = self._vectors[: self.num_queries]
+            gallery = self._vectors[self.num_queries:]
+            self._space = KeySpace(queries, gallery, Metric.SQEUCLIDEAN, self.device)
+        return self._space
+
+    def blocks(self, block_rows: int = 256) -> Iterator[DistanceBlock]:
+        """Final distances (float64, within ``bound`` of the exact ones) for blocks of query rows.
 
         Blocks have at most ``block_rows`` rows, fewer when that many would exceed 64 MB.
         """
-        block_rows = max(1, min(block_rows, _BLOCK_BYTES // (8 * self.num_gallery)))
+        block_rows = max(1, min(block_rows, _BLOCK_BYTES // (16 * self.num_gallery)))
         graph = self.graph
-        power = _power(self.distance)
         for start, squared in self._squared_blocks(block_rows):
             stop = start + squared.shape[0]
-            d = _normalised(squared, graph.row_max[start:stop], power)
-            del squared
-            d *= self.lambda_
-            jaccard = jaccard_distance(graph.v[start:stop], self._gallery_v)
-            jaccard *= 1.0 - self.lambda_
-            jaccard += d
-            del d
+            row_max = graph.row_max[start:stop]
+            jaccard_part = jaccard_distance(graph.v[start:stop], self._gallery_v)
+            jaccard_part *= 1.0 - self.lambda_
+            final = self._final(jaccard_part, squared, row_max)
+            bound = self._final_bound(self.space.bounds.rows(start, stop), row_max)
             if self._progress is not None:
                 self._progress("jaccard", stop, self.num_queries)
-            yield start, jaccard
+            yield DistanceBlock(start, final, bound, self._exact_fn(start, jaccard_part, row_max))
+
+    def _final(self, jaccard_part: np.ndarray, squared: np.ndarray, row_max: np.ndarray) -> np.ndarray:
+        """(1 − λ)·d_J + λ·d, the same operations for a block and for exact pairs."""
+        d = _normalised(squared, row_max, _power(self.distance))
+        d *= self.lambda_
+        d += jaccard_part
+        return d
+
+    def _exact_fn(self, start: int, jaccard_part: np.ndarray, row_max: np.ndarray):
+        def exact(local_rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            keys = self.space.exact(local_rows + start, cols).astype(np.float64)
+            d = _normalised(keys, row_max[local_rows], _power(self.distance))
+            d *= self.lambda_
+            d += jaccard_part[local_rows, cols]
+            return d
+
+        return exact
+
+    def _final_bound(self, key_bound: np.ndarray, row_max: np.ndarray) -> np.ndarray:
+        """Per row: how far λ·d computed from float32 keys may be from λ·d from exact keys."""
+        safe = np.where(row_max > 0, row_max, 1.0)
+        if _power(self.distance) == 2:  # |D̃² − D²| ≤ B·(2·max D̃ + B), max D̃ ≤ row max + B
+            spread = key_bound * (2.0 * (row_max + key_bound) + key_bound) / (safe * safe)
+        else:
+            spread = key_bound / safe
+        return self.lambda_ * spread * (1.0 + 2.0**-20) + 4 * 2.0**-52  # + float64 rounding of the sum
 
     def _squared_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Query-block × gallery squared distances: kept from the neighbour pass, or computed."""
+        """Query-block × gallery approximate squared distances: kept from the neighbour pass, or computed."""
         kept = self.graph.query_gallery
         if kept is not None:
             for start in range(0, self.num_queries, block_rows):
                 yield start, kept[start:start + block_rows]
             return
-        queries = self._vectors[: self.num_queries]
-        gallery = self._vectors[self.num_queries:]
-        yield from squared_distance_blocks(queries, gallery, block_rows, self.device)
+        yield from self.space.approx_blocks(block_rows)
 
     def dense(self, block_rows: int = 256) -> np.ndarray:
-        """The whole (Q, G) re-ranked matrix: for small data and tests."""
+        """The whole (Q, G) re-ranked matrix, exact (every pair settled): for small data and tests."""
         out = np.empty((self.num_queries, self.num_gallery), dtype=np.float64)
-        for start, block in self.blocks(block_rows):
-            out[start:start + len(block)] = block
+        for block in self.blocks(block_rows):
+            rows, cols = np.nonzero(np.ones(block.values.shape, dtype=bool))
+            out[block.start:block.stop] = block.exact(rows, cols).reshape(block.values.shape)
         return out
 
 
@@ -182,15 +224,15 @@ def build_graph(
     if 0 < num_queries < n_items and len(members) == n_items:
         if 4 * num_queries * (n_items - num_queries) <= _KEEP_QUERY_GALLERY_BYTES:
             keeper = _QueryGalleryKeeper(num_queries, n_items)
-    nearest_sq, neighbours, row_max_graph = exact_knn(
-        x, k1 + 1, metric="sqeuclidean", device=device, progress=progress, with_row_max=True,
-        on_panel=None if keeper is None else keeper.take,
+    space = KeySpace(x, x, Metric.SQEUCLIDEAN, device)
+    nearest_sq, neighbours, row_max_graph = exact_knn_in(
+        space, k1 + 1, progress=progress, with_row_max=True, on_panel=None if keeper is None else keeper.take,
     )
     neighbours = neighbours.astype(np.int32)
     expanded = expanded_reciprocal_sets(neighbours, k1)
     if progress is not None:
         progress("sets", 1, 1)
-    weights = reciprocal_weights(x, expanded, row_max_graph, power, known=(neighbours, nearest_sq))
+    weights = reciprocal_weights(x, expanded, row_max_graph, power, known=(neighbours, nearest_sq), space=space)
     expanded_v = local_query_expansion(weights, neighbours[:, :k2])
     if progress is not None:
         progress("expansion", 1, 1)
@@ -259,12 +301,13 @@ def expanded_reciprocal_sets(neighbours: np.ndarray, k1: int) -> sp.csr_matrix:
 
 
 def reciprocal_weights(
-    x: np.ndarray, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None
+    x: np.ndarray, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None, space: KeySpace | None = None
 ) -> sp.csr_matrix:
     """Step 5: V[i, j] = exp(-d(i, j)) on R*(i), rows normalised to sum 1 (float64).
 
     ``known`` = (neighbours (N, k), their squared distances (N, k)): pairs found there are not
-    recomputed (most of R*(i) lies in i's own neighbour list); the others are.
+    recomputed (most of R*(i) lies in i's own neighbour list); the others are, by ``space``
+    (the items' ``KeySpace``) when given.
     """
     rows = np.repeat(np.arange(sets.shape[0]), np.diff(sets.indptr))
     cols = sets.indices
@@ -273,8 +316,11 @@ def reciprocal_weights(
     if known is not None:
         found, values = _lookup_pairs(rows, cols, *known)
         squared[found] = values
-    squared[~found] = pair_squared_distances(x, rows[~found], cols[~found])
-    weights = np.exp(-_normalised(squared, row_max[rows], power))
+    if space is not None:
+        squared[~found] = space.exact(rows[~found], cols[~found])
+    else:
+        squared[~found] = pair_squared_distances(x, rows[~found], cols[~found])
+    weights = exp_of_negative(_normalised(squared, row_max[rows], power))
     sums = np.bincount(rows, weights=weights, minlength=sets.shape[0])
     weights /= sums[rows]
     return sp.csr_matrix((weights, cols.copy(), sets.indptr.copy()), shape=sets.shape)
@@ -339,16 +385,23 @@ def _accumulate_min_sums(vq, vg, s, e, col_start, col_len, out):
 
 
 def pair_squared_distances(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Squared euclidean distances of the row pairs (rows[p], cols[p]) (float64, self pairs 0)."""
-    norms = np.einsum("ij,ij->i", x, x, dtype=np.float32).astype(np.float64)
-    out = np.empty(len(rows), dtype=np.float64)
-    for s in range(0, len(rows), _PAIRS_PER_CHUNK):
-        r, c = rows[s:s + _PAIRS_PER_CHUNK], cols[s:s + _PAIRS_PER_CHUNK]
-        dots = np.einsum("ij,ij->i", x[r], x[c], dtype=np.float32)
-        out[s:s + len(r)] = norms[r] + norms[c] - 2.0 * dots
-    np.maximum(out, 0.0, out=out)
-    out[rows == cols] = 0.0
-    return out
+    """Exact squared euclidean keys of the row pairs (rows[p], cols[p]) (as float64; self pairs 0)."""
+    return exact_pair_keys(x, rows, x, cols, Metric.SQEUCLIDEAN).astype(np.float64)
+
+
+def exp_of_negative(d: np.ndarray) -> np.ndarray:
+    """exp(−d) for d in [0, 1] from a fixed sequence of float64 operations (Horner, degree 20).
+
+    numpy's own exp picks a SIMD implementation by CPU, and those may differ in the last bit;
+    this one gives the same bits on every machine (error < 1e-16 relative on [0, 1]).
+    """
+    x = -np.asarray(d, dtype=np.float64)
+    result = np.ones_like(x)
+    for n in range(20, 0, -1):
+        result *= x
+        result /= n
+        result += 1.0
+    return result
 
 
 def _lookup_pairs(rows, cols, neighbours, distances):
@@ -437,8 +490,3 @@ def _check_parameters(k1, k2, lambda_, distance, metric, n_graph) -> None:
         raise EvaluationError(f"unknown re-ranking distance {distance!r}: expected squared or toolkit")
     if metric not in METRICS:
         raise EvaluationError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)

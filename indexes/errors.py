@@ -3,3 +3,4 @@
 
 class FaissIndexError(ValueError):
     """An index cannot be built, opened or searched as asked; the message says why."""
+

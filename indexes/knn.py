@@ -1,16 +1,15 @@
 """Exact k-nearest-neighbour lists computed in row blocks (BLAS GEMM, or torch on a GPU).
 
-Distances are squared euclidean ``|x|^2 + |y|^2 - 2 x.y`` (clamped at 0), or ``2 - 2 cos`` for
-``metric="cosine"`` (the squared euclidean distance of the L2-normalised rows). The k nearest of
-every row are put in the order of a *stable* full sort of that row: equal distances are ordered
-by row index, so the lists are reproducible and do not depend on the block size.
+Neighbours are ordered by the distance core's exact keys (``indexes.distance``), ties by row
+index, so the lists equal a stable full sort of the exact distances and do not depend on the
+block size, the BLAS kernel or the device. Distances are returned in the metric's units:
+sqeuclidean ‖x − y‖², euclidean ‖x − y‖, cosine 1 − cos (of the L2-normalised rows).
 
-Selection never sorts a whole row: a bound ≥ the row's k-th smallest value (from a partition of
-an evenly spaced column sample) keeps a few hundred candidates per row, and only those are
-sorted by (distance, row index). On the CPU, the all-rows search (:func:`exact_knn`) computes each
-pair once: a panel of rows against the rows from the panel on, the transposed part feeding the
-later rows' running lists (columns reach every row in increasing order, so a running list only
-needs the candidates strictly below its current k-th distance).
+Selection never sorts a whole row. The float32 GEMM values lie within a bound B of the exact
+keys, so the true k nearest are among the entries whose approximate value is at most the
+approximate k-th + 2B; those few get exact keys and are ordered by (key, row). On the CPU, the
+all-rows search (:func:`exact_knn`) computes each pair once: a panel of rows against the rows
+from the panel on, the transposed part feeding the later rows' running lists.
 """
 
 from __future__ import annotations
@@ -19,11 +18,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name
 from retrieval.indexes.errors import FaissIndexError
+from retrieval.common.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 
-_METRICS = ("sqeuclidean", "euclidean", "cosine")
+_METRICS = (Metric.SQEUCLIDEAN, Metric.EUCLIDEAN, Metric.COSINE)
 _BLOCK_BYTES = 256 * 1024 * 1024  # budget for one block of distances
 
 
@@ -40,22 +40,28 @@ def exact_knn(
     """The k nearest rows of every row of ``x`` among all rows (itself included).
 
     Returns ``(dist (n, k) float32, idx (n, k) int64)``, ascending, ties by row index; the
-    distance of a row to itself is exactly 0. ``metric="euclidean"`` returns the square root of
-    the squared distances (same order). With ``with_row_max=True`` a third array (n,) float64
-    holds each row's largest squared distance over all n rows, found in the same pass.
+    distance of a row to itself is exactly 0. With ``with_row_max=True`` a third array (n,)
+    float64 holds each row's largest distance over all n rows (exact, in the same units).
     ``block_rows``: rows per block (CPU: per panel). ``on_panel(first_row, first_column, panel)``
-    (CPU only) sees every float32 squared-distance panel computed (rows first_row.., columns
-    first_column..n), e.g. to keep a sub-matrix that is needed later instead of recomputing it.
+    (CPU only) sees every float32 approximate squared-distance panel (rows first_row..,
+    columns first_column..n), within ``KeySpace.bounds`` of the exact keys.
     """
+    metric = _check_metric(metric)
     x = _as_matrix(x, "x")
-    _check(x, x, k, metric)
-    if metric == "cosine":
-        x = _l2_normalise(x)
-    if _resolve_device(device) == "cuda":
-        dist, idx, row_max = _blocked_knn(x, x, k, block_rows, "cuda", progress, self_search=True)
+    _check(x, x, k)
+    return exact_knn_in(KeySpace(x, x, metric, device), k, block_rows, progress, with_row_max, on_panel)
+
+
+def exact_knn_in(space: KeySpace, k: int, block_rows: int | None = None, progress: ProgressCallback | None = None,
+                 with_row_max: bool = False, on_panel=None):
+    """:func:`exact_knn` over a prepared ``KeySpace`` of one set (queries and gallery the same rows)."""
+    if space.gallery is not space.queries:
+        raise FaissIndexError("exact_knn_in needs a KeySpace of one set of rows against itself")
+    if space.device == "cuda":
+        lists = _blocked_lists(space, k, block_rows, progress, self_search=True)
     else:
-        dist, idx, row_max = _symmetric_knn(x, k, block_rows, progress, on_panel)
-    return _finish(dist, idx, row_max, metric, with_row_max)
+        lists = _symmetric_lists(space, k, block_rows, progress, on_panel)
+    return _finish(space, lists, k, with_row_max, self_search=True)
 
 
 def exact_knn_between(
@@ -69,32 +75,34 @@ def exact_knn_between(
     with_row_max: bool = False,
 ):
     """The k nearest rows of ``base`` for every row of ``queries`` (see :func:`exact_knn`)."""
+    metric = _check_metric(metric)
     queries = _as_matrix(queries, "queries")
     base = _as_matrix(base, "base")
-    _check(queries, base, k, metric)
-    if metric == "cosine":
-        queries, base = _l2_normalise(queries), _l2_normalise(base)
-    dist, idx, row_max = _blocked_knn(
-        queries, base, k, block_rows, _resolve_device(device), progress, self_search=False
-    )
-    return _finish(dist, idx, row_max, metric, with_row_max)
+    _check(queries, base, k)
+    space = KeySpace(queries, base, metric, device)
+    lists = _blocked_lists(space, k, block_rows, progress, self_search=False)
+    return _finish(space, lists, k, with_row_max, self_search=False)
 
 
-def squared_distance_blocks(
-    queries: np.ndarray, base: np.ndarray, block_rows: int, device: str = "cpu", self_search: bool = False
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first row, (b, n_base) float32 squared distances)`` for row blocks of ``queries``."""
-    if _resolve_device(device) == "cuda":
-        for start, block in _torch_squared_blocks(queries, base, block_rows, self_search):
-            yield start, block.cpu().numpy()
-        return
-    base_sq = _squared_norms(base)
-    for start in range(0, queries.shape[0], block_rows):
-        yield start, _squared_block(queries[start:start + block_rows], base, base_sq, start if self_search else None)
+def first_k_per_row(rows, cols, values, n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From candidate entries (each row has ≥ k), each row's first k by (value, column).
+
+    float32 bits mapped to an unsigned integer in value order (the sign flips the rest) make one
+    64-bit key (value, column) per entry: one two-key sort replaces a three-key sort.
+    """
+    values = np.asarray(values, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0
+    bits = values.view(np.uint32)
+    ordered = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    key = (ordered.astype(np.uint64) << np.uint64(32)) | np.asarray(cols).astype(np.uint64)
+    order = np.lexsort((key, rows))
+    counts = np.bincount(rows, minlength=n_rows)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    take = order[(first[:, None] + np.arange(k)[None, :]).ravel()]
+    return values[take].reshape(n_rows, k), np.asarray(cols)[take].reshape(n_rows, k).astype(np.int64)
 
 
 def stable_smallest_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k smallest entries of every row, ordered as a stable full sort of the row would order them."""
+    """The k smallest entries of every row of an exact block, ordered as a stable full sort would."""
     b, n = block.shape
     if k == n:
         order = np.argsort(block, axis=1, kind="stable")
@@ -103,99 +111,112 @@ def stable_smallest_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return first_k_per_row(rows, cols, block[rows, cols], b, k)
 
 
-def first_k_per_row(rows, cols, values, n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """From candidate entries (each row has ≥ k), each row's first k by (value, column).
-
-    Values are non-negative float32, so their bit patterns order like the values: one 64-bit key
-    (value bits, column) per entry and one two-key sort replace a three-key sort.
-    """
-    values = np.asarray(values, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0
-    key = (values.view(np.uint32).astype(np.uint64) << np.uint64(32)) | cols.astype(np.uint64)
-    order = np.lexsort((key, rows))
-    counts = np.bincount(rows, minlength=n_rows)
-    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    take = order[(first[:, None] + np.arange(k)[None, :]).ravel()]
-    return values[take].reshape(n_rows, k), cols[take].reshape(n_rows, k).astype(np.int64)
+# ----------------------------------------------------------------------------- approximate lists
 
 
-# ----------------------------------------------------------------------------- search strategies
+class _Lists:
+    """Approximate candidates from one pass: the m nearest by approximate value, and the entries
+    that may hold each row's maximum (approximate value within 2B of the row's largest)."""
+
+    def __init__(self, approx_d, approx_i, max_rows, max_cols, max_values, row_max_approx):
+        self.approx_d, self.approx_i = approx_d, approx_i
+        self.max_rows, self.max_cols, self.max_values = max_rows, max_cols, max_values
+        self.row_max_approx = row_max_approx
 
 
-def _blocked_knn(queries, base, k, block_rows, device, progress, self_search):
-    """Row blocks of ``queries`` against all of ``base``; candidates chosen where the block lives."""
-    n, n_base = queries.shape[0], base.shape[0]
-    if block_rows is None:
-        block_rows = max(1, min(4096, _BLOCK_BYTES // max(1, 4 * n_base)))
-    dist = np.empty((n, k), dtype=np.float32)
-    idx = np.empty((n, k), dtype=np.int64)
-    row_max = np.empty(n, dtype=np.float64)
-    blocks = (
-        _torch_candidate_blocks(queries, base, k, block_rows, self_search)
-        if device == "cuda"
-        else _numpy_candidate_blocks(queries, base, k, block_rows, self_search)
-    )
-    for start, b, rows, cols, values, block_max in blocks:
-        stop = start + b
-        dist[start:stop], idx[start:stop] = first_k_per_row(rows, cols, values, b, k)
-        row_max[start:stop] = block_max
-        if progress is not None:
-            progress("neighbours", stop, n)
-    return dist, idx, row_max
+def _list_size(k: int, n_base: int) -> int:
+    """Candidates kept per row: k plus a margin for the entries within the bound of the k-th."""
+    return min(n_base, k + max(8, k // 2))
 
 
-def _numpy_candidate_blocks(queries, base, k, block_rows, self_search):
-    base_sq = _squared_norms(base)
-    for start in range(0, queries.shape[0], block_rows):
-        block = _squared_block(queries[start:start + block_rows], base, base_sq, start if self_search else None)
-        rows, cols = _candidates(block, k)
-        yield start, block.shape[0], rows, cols, block[rows, cols], block.max(axis=1)
-
-
-def _torch_candidate_blocks(queries, base, k, block_rows, self_search):
-    import torch  # lazily: indexing works without torch
-
-    for start, block in _torch_squared_blocks(queries, base, block_rows, self_search):
-        kth = torch.topk(block, k, dim=1, largest=False, sorted=True).values[:, -1]
-        rows, cols = torch.nonzero(block <= kth[:, None], as_tuple=True)
-        values = block[rows, cols]
-        yield (
-            start, block.shape[0], rows.cpu().numpy(), cols.cpu().numpy(), values.cpu().numpy(),
-            block.max(dim=1).values.double().cpu().numpy(),
-        )
-
-
-def _symmetric_knn(x, k, panel_rows, progress, on_panel=None):
-    """All rows against all rows, each pair's distance computed once (CPU)."""
-    n = x.shape[0]
+def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel) -> _Lists:
+    """All rows against all rows on the CPU, each pair's approximate value computed once."""
+    n = space.num_queries
+    m = _list_size(k, n)
     if panel_rows is None:
-        panel_rows = max(k, min(2048, _BLOCK_BYTES // max(1, 8 * n)))
-    norms = _squared_norms(x)
-    best_d = np.full((n, k), np.inf, dtype=np.float32)
-    best_i = np.full((n, k), n, dtype=np.int64)  # placeholders sort after every real row
-    row_max = np.zeros(n, dtype=np.float64)
+        panel_rows = max(m, min(2048, _BLOCK_BYTES // max(1, 8 * n)))
+    window = 2.0 * space.bounds.rows(0, n)
+    best_d = np.full((n, m), np.inf, dtype=np.float32)
+    best_i = np.full((n, m), n, dtype=np.int64)  # placeholders sort after every real row
+    row_max = np.full(n, -np.inf, dtype=np.float64)
+    near_max = _NearMax()
     for s in range(0, n, panel_rows):
         e = min(s + panel_rows, n)
-        panel = _squared_block(x[s:e], x[s:], norms[s:], 0)  # rows s..e against columns s..n
+        panel = space.cpu_block(s, e, slice(s, None))  # rows s..e against columns s..n
+        rows = np.arange(e - s)
+        panel[rows, rows] = 0.0  # a row's own key is exactly 0
         if on_panel is not None:
             on_panel(s, s, panel)
         np.maximum(row_max[s:e], panel.max(axis=1), out=row_max[s:e])
+        near_max.add(panel, below(row_max[s:e], window[s:e]), s, s, transposed=False)
         # rows s..e: their own columns s..n, merged with what earlier panels sent (columns < s);
-        # those columns come later, so an entry equal to the current k-th cannot enter
-        below_kth = np.nextafter(best_d[s:e, k - 1], np.float32(-np.inf))
-        rows, cols = _candidates(panel, k, cap=below_kth)
-        _merge(best_d, best_i, s, e - s, rows, cols + s, panel[rows, cols], k)
+        # those columns come later, so an entry equal to the current m-th cannot enter
+        below_mth = np.nextafter(best_d[s:e, m - 1], np.float32(-np.inf))
+        r, c = _candidates(panel, m, cap=below_mth)
+        _merge(best_d, best_i, s, e - s, r, c + s, panel[r, c], m)
         if e < n:  # rows e..n receive the columns s..e: the transposed part, read in place
             sent = panel[:, e - s:]  # (panel row = column of the receiver, receiver)
             np.maximum(row_max[e:], sent.max(axis=0), out=row_max[e:])
-            if s == 0 and sent.shape[0] > k:  # empty lists yet: a bound on each receiver's k-th
-                bound = np.partition(sent, k - 1, axis=0)[k - 1]
-                cols, rows = np.nonzero(sent <= bound[None, :])
-            else:  # columns arrive in increasing order: only entries strictly below the k-th can enter
-                cols, rows = np.nonzero(sent < best_d[e:, k - 1][None, :])
-            _merge(best_d, best_i, e, n - e, rows, cols + s, sent[cols, rows], k)
+            near_max.add(sent, below(row_max[e:], window[e:]), s, e, transposed=True)
+            if s == 0 and sent.shape[0] > m:  # empty lists yet: a bound on each receiver's m-th
+                bound = np.partition(sent, m - 1, axis=0)[m - 1]
+                c, r = np.nonzero(sent <= bound[None, :])
+            else:  # columns arrive in increasing order: only entries strictly below the m-th can enter
+                c, r = np.nonzero(sent < best_d[e:, m - 1][None, :])
+            _merge(best_d, best_i, e, n - e, r, c + s, sent[c, r], m)
         if progress is not None:
             progress("neighbours", e, n)
-    return best_d, best_i, row_max
+    return near_max.lists(best_d, best_i, row_max)
+
+
+def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: bool) -> _Lists:
+    """Row blocks of the queries against the whole base (CPU BLAS, or torch on CUDA)."""
+    n, n_base = space.num_queries, space.num_gallery
+    m = _list_size(k, n_base)
+    if block_rows is None:
+        block_rows = max(1, min(4096, _BLOCK_BYTES // max(1, 4 * n_base)))
+    best_d = np.empty((n, m), dtype=np.float32)
+    best_i = np.empty((n, m), dtype=np.int64)
+    row_max = np.empty(n, dtype=np.float64)
+    near_max = _NearMax()
+    for start, block in space.approx_blocks(block_rows):
+        stop = start + block.shape[0]
+        if self_search:
+            rows = np.arange(block.shape[0])
+            block[rows, start + rows] = 0.0
+        r, c = _candidates(block, m)
+        best_d[start:stop], best_i[start:stop] = first_k_per_row(r, c, block[r, c], block.shape[0], m)
+        row_max[start:stop] = block.max(axis=1)
+        near_max.add(block, below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)), start, 0, transposed=False)
+        if progress is not None:
+            progress("neighbours", stop, n)
+    return near_max.lists(best_d, best_i, row_max)
+
+
+class _NearMax:
+    """Collects (row, column, value) entries that may be their row's maximum."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+
+    def add(self, panel: np.ndarray, floor: np.ndarray, first_row: int, first_col: int, transposed: bool) -> None:
+        if transposed:  # panel[c, r]: column first_row + c of receiver first_col + r
+            c, r = np.nonzero(panel >= floor[None, :])
+            self.rows.append(r + first_col)
+            self.cols.append(c + first_row)
+            self.values.append(panel[c, r])
+        else:
+            r, c = np.nonzero(panel >= floor[:, None])
+            self.rows.append(r + first_row)
+            self.cols.append(c + first_col)
+            self.values.append(panel[r, c])
+
+    def lists(self, best_d, best_i, row_max) -> _Lists:
+        cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731
+        return _Lists(best_d, best_i, cat(self.rows, np.int64), cat(self.cols, np.int64),
+                      cat(self.values, np.float32), row_max)
 
 
 def _merge(best_d, best_i, first, n_rows, rows, cols, values, k):
@@ -210,6 +231,59 @@ def _merge(best_d, best_i, first, n_rows, rows, cols, values, k):
     all_values = np.concatenate([best_d[first + touched].ravel(), values])
     d, i = first_k_per_row(all_rows, all_cols, all_values, len(touched), k)
     best_d[first + touched], best_i[first + touched] = d, i
+
+
+# ----------------------------------------------------------------------------- exact refinement
+
+
+def _finish(space: KeySpace, lists: _Lists, k: int, with_row_max: bool, self_search: bool):
+    n = space.num_queries
+    window = 2.0 * space.bounds.rows(0, n)
+    m = lists.approx_d.shape[1]
+    kth = lists.approx_d[:, k - 1].astype(np.float64)
+    limit = above(kth, window)
+    # a row whose m-th candidate may still belong to the top k needs the whole base
+    incomplete = (lists.approx_d[:, m - 1] <= limit) & (m < space.num_gallery)
+    rows, slots = np.nonzero(lists.approx_d <= limit[:, None])
+    keep = ~incomplete[rows]
+    rows, cols = rows[keep], lists.approx_i[rows[keep], slots[keep]]
+    keys = space.exact(rows, cols)
+    dist = np.empty((n, k), dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    complete = np.flatnonzero(~incomplete)
+    if len(complete):
+        local = np.searchsorted(complete, rows)
+        dist[complete], idx[complete] = first_k_per_row(local, cols, keys, len(complete), k)
+    for row in np.flatnonzero(incomplete):
+        dist[row], idx[row] = _whole_row(space, row, k, float(window[row]), self_search)
+    dist = key_to_distance(dist, space.metric)
+    if not with_row_max:
+        return dist, idx
+    row_max = _exact_row_max(space, lists, window)
+    return dist, idx, key_to_distance(row_max, space.metric).astype(np.float64)
+
+
+def _whole_row(space: KeySpace, row: int, k: int, window: float, self_search: bool):
+    """One row's exact top k by scanning its whole approximate row (many near-ties at the k-th)."""
+    approx = space.cpu_block(row, row + 1)[0]
+    if self_search:
+        approx[row] = 0.0
+    kth = np.partition(approx, k - 1)[k - 1]
+    cols = np.flatnonzero(approx <= above(kth, window))
+    keys = space.exact_row(row, cols)
+    order = np.lexsort((cols, keys))[:k]
+    return keys[order], cols[order]
+
+
+def _exact_row_max(space: KeySpace, lists: _Lists, window: np.ndarray) -> np.ndarray:
+    """Each row's largest exact key, from the entries whose approximation is within 2B of the max."""
+    rows, cols = lists.max_rows, lists.max_cols
+    keep = lists.max_values >= below(lists.row_max_approx[rows], window[rows])
+    rows, cols = rows[keep], cols[keep]
+    keys = space.exact(rows, cols).astype(np.float64)
+    out = np.full(space.num_queries, -np.inf)
+    np.maximum.at(out, rows, keys)
+    return np.maximum(out, 0.0)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -242,69 +316,23 @@ def _kth_smallest_upper_bound(block: np.ndarray, k: int) -> np.ndarray:
     return np.partition(block[:, :: n // sample], k - 1, axis=1)[:, k - 1]
 
 
-def _squared_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+def _check_metric(metric: str) -> Metric:
+    try:
+        parsed = metric_from_name(metric)
+    except FaissIndexError:
+        parsed = None
+    if parsed not in _METRICS:
+        raise FaissIndexError(f"unknown metric {metric!r}: expected one of {', '.join(m.value for m in _METRICS)}")
+    return parsed
 
 
-def _squared_block(q: np.ndarray, base: np.ndarray, base_sq: np.ndarray, diagonal_offset: int | None):
-    """(b, n_base) float32 squared distances; with ``diagonal_offset`` o, entry (r, o + r) is a self pair: 0."""
-    block = q @ base.T
-    block *= -2.0
-    block += _squared_norms(q)[:, None]
-    block += base_sq[None, :]
-    np.maximum(block, 0.0, out=block)
-    if diagonal_offset is not None:
-        rows = np.arange(block.shape[0])
-        block[rows, diagonal_offset + rows] = 0.0
-    return block
-
-
-def _torch_squared_blocks(queries, base, block_rows, self_search):
-    import torch
-
-    base_t = torch.from_numpy(np.ascontiguousarray(base)).cuda()
-    base_sq = (base_t * base_t).sum(dim=1)
-    for start in range(0, queries.shape[0], block_rows):
-        q = torch.from_numpy(np.ascontiguousarray(queries[start:start + block_rows])).cuda()
-        block = torch.addmm(base_sq[None, :], q, base_t.T, alpha=-2.0)
-        block += (q * q).sum(dim=1)[:, None]
-        block.clamp_(min=0.0)
-        if self_search:
-            rows = torch.arange(block.shape[0], device=block.device)
-            block[rows, start + rows] = 0.0
-        yield start, block
-
-
-def _finish(dist, idx, row_max, metric, with_row_max):
-    if metric == "euclidean":
-        np.sqrt(dist, out=dist)
-    return (dist, idx, row_max) if with_row_max else (dist, idx)
-
-
-def _check(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> None:
-    if metric not in _METRICS:
-        raise FaissIndexError(f"unknown metric {metric!r}: expected one of {', '.join(_METRICS)}")
+def _check(queries: np.ndarray, base: np.ndarray, k: int) -> None:
     if queries.shape[1] != base.shape[1]:
         raise FaissIndexError(
             f"dimension mismatch: queries have {queries.shape[1]} columns, base has {base.shape[1]}"
         )
     if not 1 <= k <= base.shape[0]:
         raise FaissIndexError(f"k must be between 1 and the number of base rows ({base.shape[0]}), got {k}")
-
-
-def _resolve_device(device: str) -> str:
-    if device not in ("cpu", "cuda", "auto"):
-        raise FaissIndexError(f"unknown device {device!r}: expected cpu, cuda or auto")
-    if device == "cpu":
-        return "cpu"
-    try:
-        import torch
-        available = torch.cuda.is_available()
-    except ImportError:
-        available = False
-    if device == "cuda" and not available:
-        raise FaissIndexError("device 'cuda' was asked for but no CUDA GPU (with torch) is available")
-    return "cuda" if available else "cpu"
 
 
 def _as_matrix(x, name: str) -> np.ndarray:
@@ -314,6 +342,6 @@ def _as_matrix(x, name: str) -> np.ndarray:
     return x
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+def row_blocks(n: int, block_rows: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, block_rows):
+        yield start, min(start + block_rows, n)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from retrieval.indexes.distance import normalise
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.indexes.factory import METRICS
 
@@ -48,12 +49,11 @@ def prepare_vectors(vectors: np.ndarray, metric: str, *, what: str = "vectors", 
         bad = np.flatnonzero(~finite)[:5] + first_row
         raise FaissIndexError(f"{what}: rows {bad.tolist()} contain NaN or infinite values")
     if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1)
-        zero = norms == 0
+        zero = ~np.any(x != 0, axis=1)
         if zero.any():
             bad = np.flatnonzero(zero)[:5] + first_row
             raise FaissIndexError(f"{what}: rows {bad.tolist()} are zero vectors; cosine distance is undefined")
-        x = np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+        x = normalise(x, what)  # the distance core's deterministic normalisation
     return x
 
 
@@ -67,17 +67,3 @@ def distances_from_faiss(raw: np.ndarray, metric: str) -> np.ndarray:
     else:
         out = -raw
     return out.astype(np.float32)
-
-
-def exact_distances(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
-    """Distances in float64 between each query (n, d) and its candidates (n, c, d), computed directly.
-
-    Identical candidate vectors give bit-identical distances, so ties are real ties.
-    """
-    q = queries.astype(np.float64)[:, None, :]
-    g = candidates.astype(np.float64)
-    if metric == "l2":
-        diff = g - q
-        return np.sqrt(np.einsum("ncd,ncd->nc", diff, diff))
-    dots = np.einsum("ncd,ncd->nc", g, np.broadcast_to(q, g.shape))
-    return 1.0 - dots if metric == "cosine" else -dots

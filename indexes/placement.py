@@ -10,18 +10,15 @@ torch is imported lazily: indexing works without it.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import faiss
 import numpy as np
 
+from retrieval.indexes.distance import DEVICES, cuda_driver_present, full_precision_torch, torch_cuda_available  # noqa: F401 (one device probe, re-exported)
 from retrieval.indexes.errors import FaissIndexError
 
-DEVICES = ("auto", "cpu", "cuda")
 GPU_MAX_K = 2048  # faiss GPU indexes refuse k (and nprobe) above this
 
 FAISS_CPU = "faiss-cpu"
@@ -45,21 +42,6 @@ def faiss_gpu_count() -> int:
         return int(get()) if get else 0
     except Exception:  # a broken CUDA runtime is "no GPU" for us
         return 0
-
-
-def cuda_driver_present() -> bool:
-    """A cheap look for an NVIDIA driver, so that machines without one never pay for importing torch."""
-    return os.path.exists("/proc/driver/nvidia/version") or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def torch_cuda_available() -> bool:
-    if "torch" not in sys.modules and not cuda_driver_present():
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def resolve_placement(device: str, *, exact_flat: bool, gpu_ok: bool = True) -> Placement:
@@ -118,6 +100,7 @@ class TorchFlatSearcher:
     def __init__(self, gallery: np.ndarray, metric: str, block_rows: int = 4096, device: str = "cuda"):
         import torch
 
+        full_precision_torch(torch)  # no TF32: the scores must stay within the float32 bound
         self.torch = torch
         self.metric = metric
         self.block_rows = block_rows

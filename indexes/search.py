@@ -9,9 +9,12 @@ Conventions (also in docs/sections/indexes.md):
   nprobe = nlist every vector is reachable, so the result always has k real rows (k larger than
   the gallery is an error before searching).
 * Indexes that store the vectors themselves (Flat, IVF-Flat, HNSW-Flat) re-rank their results by
-  the exact float64 distance, ties broken by gallery row; flat indexes fetch k + margin candidates
-  for this, so flat search equals a brute-force top-k, identical on every device. Indexes with compressed
-  codes (PQ) return faiss's approximate distances, ordered by (distance, row).
+  the distance core's exact keys (``indexes.distance``), ties broken by gallery row. A flat index
+  fetches k + margin candidates and widens the search until the last candidate is provably
+  farther than the exact k-th (its float32 score minus the score's error bound), so flat search
+  equals a brute-force top-k of the exact distances, identical on every device and kernel.
+  Indexes with compressed codes (PQ) return faiss's approximate distances, ordered by
+  (distance, row).
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from retrieval.indexes.distance import (
+    Metric,
+    exact_list_keys,
+    gemm_error_coefficient,
+    key_to_distance,
+    metric_from_name,
+    squared_norms,
+)
 from retrieval.indexes.errors import FaissIndexError
-from retrieval.indexes.metric import distances_from_faiss, exact_distances, prepare_vectors
+from retrieval.indexes.metric import distances_from_faiss, prepare_vectors
 
 RERANK_MIN_MARGIN = 16  # extra candidates fetched for the exact re-ranking
 RERANK_BLOCK_BYTES = 64 << 20
@@ -115,19 +126,33 @@ def gather_vectors(index: faiss.Index, rows: np.ndarray, flat_view: np.ndarray |
 def exact_rerank(
     index: faiss.Index, queries: np.ndarray, candidates: np.ndarray, k: int, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate rows by exact float64 distance, ties by row; keep the first k."""
+    """Re-rank candidate rows by exact key, ties by row; keep the first k (distances in the metric's units)."""
+    keys, rows = exact_rerank_keys(index, queries, candidates, k, metric)
+    return key_to_distance(keys, _core_metric(metric)), rows
+
+
+def exact_rerank_keys(
+    index: faiss.Index, queries: np.ndarray, candidates: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keys (n, k) float32, rows (n, k)): the candidates' first k by (exact key, row)."""
     n, c = candidates.shape
+    core = _core_metric(metric)
     view = flat_vectors(index)
-    block = max(1, RERANK_BLOCK_BYTES // max(1, c * index.d * 8 * 2))
-    out_d = np.empty((n, k), dtype=np.float32)
+    block = max(1, RERANK_BLOCK_BYTES // max(1, c * index.d * 4))
+    out_k = np.empty((n, k), dtype=np.float32)
     out_r = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, block):
         cand = candidates[start : start + block]
-        dist = exact_distances(queries[start : start + block], gather_vectors(index, cand, view), metric)
-        order = np.lexsort((cand, dist), axis=-1)[:, :k]
-        out_d[start : start + block] = np.take_along_axis(dist, order, axis=1)
+        keys = exact_list_keys(queries[start : start + block], gather_vectors(index, cand, view), core)
+        order = np.lexsort((cand, keys), axis=-1)[:, :k]
+        out_k[start : start + block] = np.take_along_axis(keys, order, axis=1)
         out_r[start : start + block] = np.take_along_axis(cand, order, axis=1)
-    return out_d, out_r
+    return out_k, out_r
+
+
+def _core_metric(metric: str) -> Metric:
+    """Index metric names (l2, ip, cosine) as the distance core's metrics."""
+    return metric_from_name(metric)
 
 
 def order_approximate(raw: np.ndarray, rows: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -183,27 +208,57 @@ def fill_missing(
 def exact_topk(search, index, queries: np.ndarray, k: int, metric: str, first_kc: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of an exact (flat) index: candidates from ``search(queries, kc)``, re-ranked exactly.
 
-    A query whose last candidate is not clearly farther than its k-th exact distance may have a
-    tied (or, through float32 rounding, closer) row outside the candidates: it is searched again
-    with twice the candidates, up to the whole gallery. So ties at the k-th place are always
-    broken by gallery row, however many there are.
+    Every row outside the kc candidates scored at least the last candidate's float32 score, so
+    its exact key is at least that score's lower bound (``lowest_key_beyond``). A query whose
+    k-th exact key is not strictly below that bound may miss a row (a tie broken by row, or a
+    rounding) and is searched again with twice the candidates, up to the whole gallery.
     """
     count = index.ntotal
-    distances = np.empty((len(queries), k), dtype=np.float32)
+    core = _core_metric(metric)
+    keys = np.empty((len(queries), k), dtype=np.float32)
     rows = np.empty((len(queries), k), dtype=np.int64)
+    floor = _ScoreFloor(index, queries, core)
     todo = np.arange(len(queries))
     kc = first_kc
     while todo.size:
         raw, cand = search(queries[todo], kc)
-        d, r = exact_rerank(index, queries[todo], cand, k, metric)
-        distances[todo], rows[todo] = d, r
+        kk, r = exact_rerank_keys(index, queries[todo], cand, k, metric)
+        keys[todo], rows[todo] = kk, r
         if kc >= count:
             break
-        last = distances_from_faiss(raw[:, -1:], metric)[:, 0].astype(np.float64)
-        kth = d[:, -1].astype(np.float64)
-        todo = todo[last <= kth + 1e-4 * (1.0 + np.abs(kth))]
+        todo = todo[~(kk[:, -1].astype(np.float64) < floor.lowest_key_beyond(todo, raw[:, -1]))]
         kc = min(count, kc * 2)
-    return distances, rows
+    return key_to_distance(keys, core), rows
+
+
+class _ScoreFloor:
+    """Lower bounds of the exact key of any row faiss scored at least as far as a given score.
+
+    faiss's float32 scores (squared L2, or inner products) are within the distance core's GEMM
+    bound of the exact values whatever kernel computed them (BLAS, SIMD loops, GPU).
+    """
+
+    def __init__(self, index: faiss.Index, queries: np.ndarray, metric: Metric) -> None:
+        self.metric = metric
+        stored = flat_vectors(index)
+        gallery_sq = squared_norms(stored) if stored is not None else np.ones(1, np.float32)
+        inflate = 1.0 + 2.0**-20
+        self.gallery_max = float(np.sqrt(gallery_sq.max(initial=0.0))) * inflate
+        self.gallery_min_sq = float(gallery_sq.min(initial=0.0))
+        self.query_sq = squared_norms(queries).astype(np.float64)
+        self.query_norm = np.sqrt(self.query_sq) * inflate
+        self.c = gemm_error_coefficient(index.d)
+
+    def lowest_key_beyond(self, todo: np.ndarray, last_scores: np.ndarray) -> np.ndarray:
+        score = np.asarray(last_scores, dtype=np.float64)
+        qn = self.query_norm[todo]
+        if self.metric is Metric.INNER_PRODUCT:  # key = −q·g, and q·g ≤ score + bound
+            return -(score + self.c * qn * self.gallery_max) - 2.0**-120
+        if self.metric is Metric.COSINE:  # key = ‖q̂‖² + ‖ĝ‖² − 2 q̂·ĝ, faiss scored q̂·ĝ
+            dot_high = score + self.c * qn * self.gallery_max
+            return (self.query_sq[todo] + self.gallery_min_sq - 2.0 * dot_high) * (1.0 - 2.0**-40) - 2.0**-120
+        bound = self.c * (qn + self.gallery_max) ** 2  # squared L2: the score approximates the key
+        return np.nextafter(score - bound, -np.inf)
 
 
 def candidate_count(k: int, count: int, rerank: bool, cap: int | None = None) -> int:

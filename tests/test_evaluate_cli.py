@@ -37,7 +37,7 @@ def small_file(path: Path, *, dim=4, camid=True, nan=False, seed=0, n_query=3, n
     rng = np.random.default_rng(seed)
     n = n_query + n_gallery
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
-    pid = np.array([0, 1, 2][:n_query] + [0, 1, 2, 0, 1, 2, 3, -1][:n_gallery])
+    pid = np.array([1, 2, 3][:n_query] + [1, 2, 3, 1, 2, 3, 4, -1][:n_gallery])
     split = ["query"] * n_query + ["gallery"] * n_gallery
     ids = [f"x{i}" for i in range(n)]
     cam = np.array([0] * n_query + [1] * n_gallery)
@@ -85,9 +85,9 @@ def test_json_golden_keys_and_run_folder(capsys, tmp_path):
     assert per_query.column_names[:9] == ["query_id", "pid", "camid", "valid", "ap", "inp",
                                           "first_match_rank", "num_matches", "r_precision"]
     rankings = read_run_table(out, "rankings")
-    assert rankings.num_rows == 200 * 100
-    first = rankings.slice(0, 100).to_pydict()
-    assert first["rank"] == list(range(1, 101)) and first["distance"] == sorted(first["distance"])
+    assert rankings.num_rows == 200 * 10  # the default --keep-top
+    first = rankings.slice(0, 10).to_pydict()
+    assert first["rank"] == list(range(1, 11)) and first["distance"] == sorted(first["distance"])
     curves = read_run_table(out, "curves").to_pydict()
     assert curves["curve"][:50] == ["cmc"] * 50 and curves["x"][:3] == [1.0, 2.0, 3.0]
     assert curves["y"][0] == pytest.approx(EXPECTED["cmc_standard"]["1"], abs=1e-6)
@@ -173,7 +173,7 @@ def test_nan_embeddings_are_an_error(capsys, tmp_path):
 
 def test_no_valid_query(capsys, tmp_path):
     path = small_file(tmp_path / "s.parquet")
-    code, err = run_error(capsys, path, "--junk-pids", "0,1,2", "--out", str(tmp_path / "r"))
+    code, err = run_error(capsys, path, "--junk-pids", "1,2,3", "--out", str(tmp_path / "r"))
     assert code == 1 and "no valid query" in err
 
 
@@ -181,7 +181,7 @@ def test_leave_one_out_on_a_file_without_splits(capsys, tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "faces.parquet"
     write_embeddings(path, [f"f{i}" for i in range(12)], rng.normal(size=(12, 8)).astype(np.float32),
-                     pid=np.repeat(np.arange(4), 3))
+                     pid=np.repeat(np.arange(1, 5), 3))
     result = run_json(capsys, str(path), "--protocol", "leave-one-out", "--metric", "cosine", "--out", str(tmp_path / "r"))
     assert result["num_queries"] == result["num_gallery"] == 12 and result["num_valid_queries"] == 12
     assert result["metric"] == "cosine"

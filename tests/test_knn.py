@@ -56,11 +56,11 @@ def test_between_and_metrics():
     de, ie = exact_knn_between(q, b, 6, metric="euclidean")
     np.testing.assert_array_equal(ie, want_i)
     np.testing.assert_allclose(de, np.sqrt(want_d), rtol=1e-6)
-    # cosine: 2 - 2 cos, i.e. squared euclidean between unit rows
+    # cosine: 1 − cos of the unit rows
     dc, ic = exact_knn_between(q + 0.5, b + 0.25, 4, metric="cosine")
     qn = (q + 0.5) / np.linalg.norm(q + 0.5, axis=1, keepdims=True)
     bn = (b + 0.25) / np.linalg.norm(b + 0.25, axis=1, keepdims=True)
-    np.testing.assert_allclose(dc, np.sort(2 - 2 * qn @ bn.T, axis=1)[:, :4], atol=1e-5)
+    np.testing.assert_allclose(dc, np.sort(1 - qn @ bn.T, axis=1)[:, :4], atol=1e-5)  # cosine = 1 − cos
 
 
 def test_stable_smallest_k_orders_equal_values_by_column():

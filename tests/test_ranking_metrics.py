@@ -189,8 +189,11 @@ def test_embedding_distances_equal_scipy_for_every_metric():
     rng = np.random.default_rng(0)
     q, g = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(11, 5)).astype(np.float32)
     for metric, scipy_name in [("euclidean", "euclidean"), ("sqeuclidean", "sqeuclidean"), ("cosine", "cosine")]:
-        blocks = [b for _, b in EmbeddingDistances(q, g, metric=metric).blocks(3)]
-        np.testing.assert_allclose(np.vstack(blocks), cdist(q, g, scipy_name), atol=1e-5)
+        source = EmbeddingDistances(q, g, metric=metric)
+        approx = np.vstack([source.to_distance(b.values) for b in source.blocks(3)])
+        exact = source.to_distance(source.exact(np.repeat(np.arange(7), 11), np.tile(np.arange(11), 7))).reshape(7, 11)
+        np.testing.assert_allclose(approx, cdist(q, g, scipy_name), atol=1e-5)
+        np.testing.assert_allclose(exact, cdist(q, g, scipy_name), rtol=1e-6, atol=1e-7)
 
 
 def test_dimension_mismatch_is_an_error():
@@ -232,14 +235,15 @@ def brute_force(distances, qpid, gpid, qcam, gcam, protocol, junk, qids, gids):
         order = sorted(range(len(gpid)), key=lambda c: (distances[i][c], c))
         kept, rel = [], []
         for c in order:
+            same_person = gpid[c] == qpid[i] and qpid[i] != 0  # distractors (pid 0) match nothing
             is_junk = gpid[c] in junk
-            if protocol == "market" and gpid[c] == qpid[i] and gcam[c] == qcam[i]:
+            if protocol == "market" and same_person and gcam[c] == qcam[i]:
                 is_junk = True
             if protocol == "leave-one-out" and gids[c] == qids[i]:
                 is_junk = True
             if not is_junk:
                 kept.append(c)
-                rel.append(gpid[c] == qpid[i])
+                rel.append(same_person)
         R = sum(rel)
         if R == 0:
             out.append(None)
@@ -393,9 +397,12 @@ def test_torch_path_equals_numpy_path_on_cpu():
     q, g = rng.normal(size=(9, 6)).astype(np.float32), rng.normal(size=(13, 6)).astype(np.float32)
     for metric in ("euclidean", "sqeuclidean", "cosine"):
         source = EmbeddingDistances(q, g, metric=metric)
-        numpy_blocks = np.vstack([b for _, b in source.blocks(4)])
-        torch_blocks = np.vstack([b for _, b in source.torch_blocks(4, "cpu")])
-        np.testing.assert_allclose(torch_blocks, numpy_blocks, atol=1e-5)
+        numpy_blocks = list(source.blocks(4))
+        torch_blocks = list(source.torch_blocks(4, "cpu"))
+        for n, t in zip(numpy_blocks, torch_blocks):
+            assert n.start == t.start
+            np.testing.assert_array_equal(n.bound, t.bound)
+            assert np.all(np.abs(t.values - n.values) <= 2 * n.bound[:, None])
 
 
 @pytest.mark.gpu
@@ -431,3 +438,51 @@ def test_topk_ap_denominators_by_hand():
     assert miss.mAP == 0.0
     with pytest.raises(EvaluationError, match="top-k AP denominator"):
         evaluate_topk(rows, distances, np.array([1]), gallery_pid, topk_ap="bogus", **common)
+
+
+# ----------------------------------------------------------------------------- protocol edge cases
+
+
+@pytest.mark.parametrize("protocol", ["market", "no-camera", "leave-one-out"])
+def test_distractors_are_nobodys_match(protocol):
+    # items 0..2 are distractors (pid 0), 3..4 one person; as queries, distractors have no valid match
+    pid = np.array([0, 0, 0, 5, 5])
+    cam = np.array([1, 2, 3, 1, 2])
+    ids = np.array([f"i{i}" for i in range(5)], dtype=object)
+    d = np.abs(np.arange(5)[:, None] - np.arange(5)[None, :]).astype(float)
+    result = evaluate_ranking(
+        PrecomputedDistances(d), pid, pid, cam, cam, protocol=protocol, query_ids=ids, gallery_ids=ids,
+    )
+    valid = result.per_query.column("valid").to_pylist()
+    assert valid[:3] == [False, False, False]
+    assert result.num_valid_queries == 2
+    # query 3 (pid 5): the distractor at row 2 ties its match at row 4 (distance 1) and, earlier in
+    # gallery order, comes first: an ordinary negative. Under no-camera the item itself is kept.
+    assert result.per_query.column("first_match_rank").to_pylist()[3] == (1 if protocol == "no-camera" else 2)
+
+
+def test_rank_outside_the_curve_is_an_error():
+    result = _one_query(**HAND)
+    assert result.rank(1) == 0.0 and result.rank(2) == 1.0
+    with pytest.raises(EvaluationError, match="rank-0"):
+        result.rank(0)
+    with pytest.raises(EvaluationError, match="rank-51"):
+        result.rank(51)
+
+
+def test_a_junk_heavy_list_does_not_cut_the_other_queries_curve():
+    # query 0: its top-4 list holds one match at rank 1; query 1: three junk items and a miss,
+    # so only its rank-1 is known... unless it found a match. Here query 1 finds none.
+    gallery_pid = np.array([1, -1, -1, -1, 2, 3, 2, 1, 2])
+    rows = np.array([[0, 4, 5, 8], [1, 2, 3, 5]])
+    distances = np.tile([0.1, 0.2, 0.3, 0.4], (2, 1))
+    result = evaluate_topk(rows, distances, np.array([1, 2]), gallery_pid, protocol="no-camera", max_rank=50)
+    # query 1 keeps one item (pid 3): a miss known up to rank 1 only, so the curve stops there
+    assert len(result.cmc) == 1
+    # when every valid query found its match, the whole list length is known
+    found = evaluate_topk(rows[:1], distances[:1], np.array([1]), gallery_pid, protocol="no-camera", max_rank=50)
+    assert len(found.cmc) == 4 and found.rank(4) == 1.0
+    # a query that found its match early does not limit the curve, whatever its list holds
+    junk_first = evaluate_topk(np.array([[1, 2, 0, 5]]), distances[:1], np.array([1]), gallery_pid,
+                               protocol="no-camera", max_rank=50)
+    assert len(junk_first.cmc) == 4 and junk_first.rank(1) == 1.0

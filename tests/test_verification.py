@@ -12,26 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.eval.distances import PrecomputedDistances
+from retrieval.eval.distances import DistanceBlock, PrecomputedDistances
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
-from retrieval.eval.verification import (
-    LFW_GRID,
-    BinnedImpostors,
-    MonotoneBinner,
-    SortedImpostors,
-    best_threshold,
-    candidate_thresholds,
-    evaluate_pairs,
-    far_label,
-    fold_bounds,
-    kfold_accuracy,
-    order_stat_bins,
-    pair_distances,
-    query_gallery_verification,
-    roc_metrics,
-    eer_at_closest_threshold,
-)
+from retrieval.eval.kfold import LFW_GRID, best_threshold, candidate_thresholds, fold_bounds, kfold_accuracy
+from retrieval.eval.roc import SortedImpostors, eer_at_closest_threshold, far_label, roc_metrics
+from retrieval.eval.trials import BinnedImpostors, MonotoneBinner, order_stat_bins, query_gallery_verification
+from retrieval.eval.verification import evaluate_pairs, pair_distances
 from _gpu import requires_cuda
 
 GOLDEN = Path(__file__).parent / "data" / "verification_pairs"
@@ -86,12 +73,13 @@ def brute_trials(matrix, qpid, gpid, qcam, gcam, protocol, junk, qids=None, gids
         for g in range(matrix.shape[1]):
             if gpid[g] in junk:
                 continue
-            if protocol == "market" and qpid[q] == gpid[g] and qcam[q] == gcam[g]:
+            same_person = qpid[q] == gpid[g] and qpid[q] != 0  # distractors (pid 0) match nobody
+            if protocol == "market" and same_person and qcam[q] == gcam[g]:
                 continue
             if protocol == "leave-one-out" and qids[q] == gids[g]:
                 continue
             scores.append(matrix[q, g])
-            labels.append(qpid[q] == gpid[g])
+            labels.append(same_person)
     return np.array(scores, dtype=matrix.dtype), np.array(labels, bool)
 
 
@@ -318,7 +306,7 @@ def test_val_at_far_per_fold_uses_training_threshold():
 
 
 def golden_pairs():
-    from retrieval.cli.verify_commands import image_rows, parse_pairs_file, resolve_pairs
+    from retrieval.data.pairs import image_rows, parse_pairs_file, resolve_pairs
 
     table = pq.read_table(GOLDEN / "embeddings.parquet")
     ids = np.array(table.column("id").to_pylist(), dtype=object)
@@ -413,7 +401,7 @@ def test_query_gallery_trials_on_embeddings_with_junk():
     source = EmbeddingDistances(q, g, metric="cosine")
     labels = RankingLabels(qpid, gpid, qcam, gcam, protocol="market")
     ours = query_gallery_verification(source, labels, fars=[1e-1, 1e-2, 1e-3], block_rows=7, cache_bytes=0)
-    dense = np.concatenate([block for _, block in source.blocks(7)])
+    dense = np.concatenate([source.to_distance(block.values) for block in source.exact_blocks(7)])
     scores, same = brute_trials(dense, qpid, gpid, qcam, gcam, "market", {-1})
     full = roc_metrics(scores, same, fars=[1e-1, 1e-2, 1e-3])
     assert (ours.roc.roc_auc, ours.roc.eer, ours.roc.tar_at_far) == (full.roc_auc, full.eer, full.tar_at_far)
@@ -440,12 +428,12 @@ def test_query_gallery_trials_on_gpu_distances_equal_full_sort():
     source = EmbeddingDistances(q, g, metric="sqeuclidean", device="cuda")
     labels = RankingLabels(qpid, gpid, qcam, gcam, protocol="market")
     ours = query_gallery_verification(source, labels, block_rows=16, cache_bytes=0)
-    dense = np.concatenate([block for _, block in source.blocks(16)])
+    dense = np.concatenate([source.to_distance(block.values) for block in source.exact_blocks(16)])
     scores, same = brute_trials(dense, qpid, gpid, qcam, gcam, "market", {-1})
     full = roc_metrics(scores, same)
     assert (ours.roc.roc_auc, ours.roc.eer, ours.roc.tar_at_far) == (full.roc_auc, full.eer, full.tar_at_far)
     cpu = query_gallery_verification(EmbeddingDistances(q, g, metric="sqeuclidean", device="cpu"), labels)
-    assert ours.roc.roc_auc == pytest.approx(cpu.roc.roc_auc, abs=1e-6)
+    assert ours.to_dict() == cpu.to_dict()  # exact keys: the same on every device
 
 
 def test_nan_distances_are_an_error():
@@ -457,7 +445,10 @@ def test_nan_distances_are_an_error():
         num_queries, num_gallery = 3, 4
 
         def blocks(self, block_rows):
-            yield 0, matrix
+            yield DistanceBlock.exact_values(0, matrix)
+
+        def to_distance(self, values):
+            return values
 
     with pytest.raises(EvaluationError, match="NaN .query rows 2"):
         query_gallery_verification(Source(), labels)
@@ -478,3 +469,28 @@ def test_eer_approx_equals_the_scripts_recipe_on_sklearn_roc(seed):
     fpr, tpr, _ = roc_curve(same, -d)  # the scripts' recipe: score = -distance, default drop_intermediate
     i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
     assert eer_at_closest_threshold(d, same) == pytest.approx((fpr[i] + 1 - tpr[i]) / 2, abs=1e-12)
+
+
+def test_distractor_pairs_are_impostor_trials():
+    # queries: a distractor (pid 0) and person 1; gallery: two distractors, person 1
+    labels = RankingLabels(np.array([0, 1]), np.array([0, 0, 1]), protocol="no-camera")
+    matrix = np.array([[0.1, 0.2, 0.9], [0.8, 0.7, 0.3]])
+    result = query_gallery_verification(PrecomputedDistances(matrix), labels, fars=[0.5])
+    assert (result.roc.num_genuine, result.roc.num_impostor) == (1, 5)
+
+
+def test_a_source_that_changes_between_passes_fails_loudly():
+    labels = RankingLabels(np.array([1, 2, 3]), np.array([1, 2, 3, 4]), protocol="no-camera")
+    rng = np.random.default_rng(0)
+
+    class Drifting:  # each pass over the blocks gives other values: not deterministic
+        num_queries, num_gallery, metric = 3, 4, "x"
+
+        def blocks(self, block_rows):
+            yield DistanceBlock.exact_values(0, rng.random((3, 4)))
+
+        def to_distance(self, values):
+            return values
+
+    with pytest.raises(EvaluationError, match="second pass"):
+        query_gallery_verification(Drifting(), labels, cache_bytes=0, num_bins=4)

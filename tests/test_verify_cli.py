@@ -150,14 +150,15 @@ def test_usage_errors_exit_2(tmp_path, capsys, extra):
 def test_query_gallery_trials_match_the_library(tmp_path, capsys):
     from retrieval.eval.distances import EmbeddingDistances
     from retrieval.eval.protocol import RankingLabels
-    from retrieval.eval.verification import query_gallery_verification
+    from retrieval.eval.trials import query_gallery_verification
 
     result = verify_json(capsys, str(REID), "--trials", "query-gallery", "--device", "cpu", "--out", str(tmp_path / "run"))
     emb = read_embeddings(REID)
     q, g = emb.by_split("query"), emb.by_split("gallery")
     # brute force: all trials of the dense matrix, junk = same pid & camid, or pid -1
-    dense = np.concatenate([b for _, b in EmbeddingDistances(q.vectors, g.vectors, "sqeuclidean").blocks(50)])
-    same = q.pid[:, None] == g.pid[None, :]
+    source = EmbeddingDistances(q.vectors, g.vectors, "sqeuclidean")
+    dense = np.concatenate([source.to_distance(b.values) for b in source.exact_blocks(50)])
+    same = (q.pid[:, None] == g.pid[None, :]) & (q.pid[:, None] != 0)  # distractors match nobody
     keep = ~(same & (q.camid[:, None] == g.camid[None, :])) & (g.pid[None, :] != -1) & (q.pid[:, None] != -1)
     assert result["num_pairs"] == int(keep.sum()) and result["num_same"] == int((same & keep).sum())
     genuine, impostor = dense[same & keep], dense[~same & keep]

@@ -5,7 +5,6 @@ Both need torch (the ``train`` extra); it is imported only when they run.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ import typer
 
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName
-from retrieval.runs import json_safe
+from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.console import print_json
 
 TRAIN_LAYOUTS = ("market", "duke", "msmt17", "veri", "folders")
 DATASETS = ("digits",)
@@ -43,15 +43,6 @@ def _image_size(text: Optional[str]) -> tuple[int, int] | None:
     if height < 1 or width < 1:
         raise typer.BadParameter("height and width must be positive", param_hint="--image-size")
     return height, width
-
-
-def _print_json(obj) -> None:
-    typer.echo(json.dumps(json_safe(obj), indent=2, allow_nan=False, default=str))
-
-
-def _choice(value: Optional[str], choices, option: str) -> None:
-    if value is not None and value not in choices:
-        raise typer.BadParameter(f"unknown value {value!r}; choose from {', '.join(choices)}", param_hint=option)
 
 
 def _peer(text: str) -> int | str:
@@ -100,44 +91,35 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (model folder, run folder, last epoch, evaluation)."),
 ) -> None:
     """Train a metric-learning model (BNNeck; PK batches) on images; write a model folder and a run folder."""
+    from retrieval.jobs.train import check_train_options, train
+
     source_dataset, kind, root = _source(layout, dataset)
     size = _image_size(image_size)
-    from retrieval.train.combine import parse_loss_spec
-    from retrieval.train.network import FEATURES, HEADS, POOLS
-    from retrieval.train.optim import OPTIMIZERS
-
-    for value, choices, option in ((backbone, ("small-cnn", "resnet"), "--backbone"), (pool, POOLS, "--pool"),
-                                   (head, HEADS, "--head"), (feature, FEATURES, "--feature"),
-                                   (optimizer, OPTIMIZERS, "--optimizer")):
-        _choice(value, choices, option)
-    if depth is not None and depth not in (10, 18, 34):
-        raise typer.BadParameter("ResNet depth must be 10, 18 or 34", param_hint="--depth")
-    try:
-        parse_loss_spec(loss or "softmax")
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--loss") from None
+    check_train_options(backbone, depth, loss, pool=pool, head=head, feature=feature, optimizer=optimizer)
     from retrieval.train import require_torch
 
-    torch = require_torch()
-    if threads or source_dataset == "digits":
-        torch.set_num_threads(threads or 1)  # 8×8 images: one thread is the fastest
+    require_torch()
     from retrieval.train.progress import epoch_bars
-    from retrieval.train.trainer import TrainConfig, train
+    from retrieval.train.trainer import TrainConfig
 
     config = TrainConfig(
         model_dir=str(out), dataset=source_dataset, layout=kind, root=root, loss=loss, epochs=epochs, p=p, k=k,
         image_size=size, backbone=backbone, depth=depth, width=width, pool=pool, head=head, head_dim=head_dim,
         feature=feature, parts=parts, part_dim=part_dim, mutual=mutual, mutual_weight=mutual_weight,
-        optimizer=optimizer, lr=lr,
-        device=device.value, seed=seed, eval_every=eval_every, save_every=save_every, workers=workers,
-        weights=None if weights is None else str(weights), resume=resume,
+        optimizer=optimizer, lr=lr, device=device.value, seed=seed, eval_every=eval_every, save_every=save_every,
+        workers=workers, weights=None if weights is None else str(weights), resume=resume,
         workspace=None if workspace is None else str(workspace), command=shlex.join(["retrieve", *sys.argv[1:]]),
     )
     with epoch_bars(quiet=as_json) as progress:
-        result = train(config, progress=progress, warn=lambda m: typer.echo(f"retrieve: warning: {m}", err=True))
+        result = train(config, threads=threads or (1 if source_dataset == "digits" else 0), progress=progress,
+                       warn=lambda m: typer.echo(f"retrieve: warning: {m}", err=True))
     if as_json:
-        _print_json(result)
+        print_json(result, indent=2)
         return
+    _print_training(result)
+
+
+def _print_training(result: dict) -> None:
     last = result["last_epoch"] or {}
     typer.echo(f"trained {result['model']} for {result['epochs_done']} epochs on {result['num_train_images']} images "
                f"({result['num_classes']} identities, {result['device']})")
@@ -162,26 +144,20 @@ def embed_command(
     device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes decoding image files (0: threads of this process)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {out, rows, dim, feature, peer, parts, normalized, model, device}."),
 ) -> None:
     """Embed every image of a data set with a trained model; write id, embedding, pid, camid, split, path (and parts)."""
-    source_dataset, kind, root = _source(layout, dataset)
-    from retrieval.train.network import FEATURES
-
-    _choice(feature, FEATURES, "--feature")
-    chosen_peer = _peer(peer)
-    from retrieval.train import require_torch
-
-    require_torch()
+    from retrieval.jobs.train import embed
     from retrieval.progress import stage_progress
-    from retrieval.train.embed import embed_to_file
 
+    source_dataset, kind, root = _source(layout, dataset)
     with stage_progress(quiet=as_json) as progress:
-        result = embed_to_file(model_dir, out, dataset=source_dataset, layout=kind, root=root, feature=feature,
-                               peer=chosen_peer, device=device.value, batch_size=batch_size, workers=workers,
-                               progress=progress)
+        result = embed(model_dir, out, overwrite=overwrite, progress=progress, dataset=source_dataset, layout=kind,
+                       root=root, feature=feature, peer=_peer(peer), device=device.value, batch_size=batch_size,
+                       workers=workers)
     if as_json:
-        _print_json(result)
+        print_json(result, indent=2)
     else:
         parts = f", {result['parts']} parts" if result["parts"] else ""
         typer.echo(f"wrote {result['rows']} embeddings of dimension {result['dim']} ({result['feature']}, "

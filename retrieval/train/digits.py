@@ -9,9 +9,6 @@ Identity (pid) = digit + 1, because pid 0 means "distractor" in re-ID files.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,34 +62,20 @@ def load_digits_set():
 def write_digit_images(folder: Path | str, images: np.ndarray, ids: np.ndarray) -> Path:
     """The digits as PNG files ``folder/<id>.png`` (dark ink on white, 48×48); kept if already complete.
 
-    Written into a temporary folder first and renamed into place, so a folder that exists is whole.
-    ``images``: (n, 1, 8, 8) in [-1, 1].
+    Written into a staging folder and renamed into place (``retrieval.common.atomic``), so a folder
+    that exists is whole. ``images``: (n, 1, 8, 8) in [-1, 1].
     """
     from PIL import Image
+
+    from retrieval.common.atomic import staging_folder
 
     folder = Path(folder)
     if folder.is_dir() and all((folder / f"{i}.png").is_file() for i in ids):
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        ink = np.clip((images[:, 0] + 1.0) / 2.0, 0.0, 1.0)  # 0 background .. 1 ink
-        pixels = np.round(255.0 * (1.0 - ink)).astype(np.uint8)
+    ink = np.clip((images[:, 0] + 1.0) / 2.0, 0.0, 1.0)  # 0 paper .. 1 ink
+    pixels = np.round(255.0 * (1.0 - ink)).astype(np.uint8)
+    with staging_folder(folder, overwrite=True) as staging:  # replaces an incomplete folder
         for item, image in zip(ids, pixels):
             big = np.kron(image, np.ones((IMAGE_SCALE, IMAGE_SCALE), np.uint8))
-            Image.fromarray(big, mode="L").save(tmp / f"{item}.png")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if folder.is_dir():
-            shutil.rmtree(folder)  # an incomplete folder from an older version or another writer
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not folder.is_dir():
-            raise
+            Image.fromarray(big, mode="L").save(staging / f"{item}.png")
     return folder
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from retrieval.train.choices import FEATURES, HEADS, POOLS
 from retrieval.train.models import build_backbone
 
-POOLS = ("avg", "max", "flatten", "gem")
-HEADS = ("none", "linear", "mlp")
-FEATURES = ("body", "pooled", "pre-bn", "post-bn")
+__all__ = ["FEATURES", "HEADS", "POOLS", "EmbeddingNet", "PeerGroup", "build_network", "network_spec"]
 DEFAULT_HEAD_DIM = 128
 DEFAULT_PART_DIM = 64
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retrieval.train.choices import OPTIMIZERS
+
 DEFAULT_LR = 3.5e-4
 WEIGHT_DECAY = 5e-4
-OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 
 

@@ -10,7 +10,6 @@ class count, image size, loss, retrieval feature, data source, epochs done, run 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,11 +21,12 @@ import pyarrow as pa
 import torch
 
 from retrieval.errors import RetrieveError
+from retrieval.train.choices import FEATURES, HEADS, OPTIMIZERS, POOLS
 from retrieval.train.combine import build_loss, parse_loss_spec, uses_term
 from retrieval.train.images import Augmentation, load_layout_set
 from retrieval.train.models import load_backbone_weights
-from retrieval.train.network import DEFAULT_HEAD_DIM, DEFAULT_PART_DIM, FEATURES, HEADS, POOLS, build_network, network_spec
-from retrieval.train.optim import OPTIMIZERS, Schedule, make_optimizer
+from retrieval.train.network import DEFAULT_HEAD_DIM, DEFAULT_PART_DIM, build_network, network_spec
+from retrieval.train.optim import Schedule, make_optimizer
 from retrieval.train.progress import no_progress
 from retrieval.train.recipes import recipe
 from retrieval.train.sampler import PKSampler
@@ -203,17 +203,19 @@ def evaluate_model(network, image_set, device, feature: str = "post-bn", peer="a
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through retrieval.common.atomic (temporary file, fsync, rename; umask modes)."""
+    from retrieval.common.atomic import atomic_file
+
+    with atomic_file(path, overwrite=True) as temporary:
+        torch.save(obj, temporary)
 
 
 def atomic_write_json(obj, path: Path) -> None:
-    from retrieval.runs import json_safe
+    """JSON (NaN as null) through retrieval.common.atomic."""
+    from retrieval.common.atomic import write_json
+    from retrieval.run_schema import json_safe
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, json_safe(obj), overwrite=True)
 
 
 def check_resume(saved: dict[str, Any], config: TrainConfig) -> None:
