@@ -41,6 +41,7 @@ class Embeddings:
     camid_known: np.ndarray | None = None  # bool; None when every camid is known
     split: np.ndarray | None = None  # object array of str
     path: np.ndarray | None = None  # object array of str
+    parts: np.ndarray | None = None  # float32 (n, P·d): P part features per row (``num_parts``)
     extra: pa.Table = field(default_factory=lambda: pa.table({}))
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = ""
@@ -52,6 +53,11 @@ class Embeddings:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @property
+    def num_parts(self) -> int:
+        """P, the number of part features per row in ``parts`` (0 without a parts column)."""
+        return 0 if self.parts is None else int(self.metadata[schema.META_PARTS])
 
     @property
     def normalized(self) -> bool:
@@ -78,6 +84,7 @@ class Embeddings:
             camid_known=take(self.camid_known),
             split=take(self.split),
             path=take(self.path),
+            parts=None if self.parts is None else np.ascontiguousarray(self.parts[rows]),
             extra=self._take_extra(rows),
         )
 
@@ -153,26 +160,30 @@ def _ids_array(path: Path, column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=object)
 
 
-def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: list[str]) -> np.ndarray:
-    """The embedding column as a float32 (n, d) matrix, after the type and shape checks."""
-    reader = _VectorReader(path, column.type, len(ids), notes)
+def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: list[str],
+                   name: str = schema.EMBEDDING) -> np.ndarray:
+    """A vector column (``embedding``, ``parts``) as a float32 (n, d) matrix, after the type and shape checks."""
+    reader = _VectorReader(path, column.type, len(ids), notes, name)
     for chunk in column.chunks:
         reader.add(chunk, ids)
     return reader.finish(ids)
 
 
 class _VectorReader:
-    """Copies embedding chunks into one preallocated float32 (n, d) matrix: one copy of the data.
+    """Copies the chunks of a vector column (``embedding``, ``parts``) into one preallocated float32
+    (n, d) matrix: one copy of the data.
 
     Each chunk is checked where it is read (nulls, dimensions, NaN/Inf), so a file never needs a
     second full-size buffer: not Arrow's combined column, not a float64 or boolean temporary.
     """
 
-    def __init__(self, path: Path, col_type: pa.DataType, rows: int, notes: list[str]) -> None:
+    def __init__(self, path: Path, col_type: pa.DataType, rows: int, notes: list[str],
+                 name: str = schema.EMBEDDING) -> None:
+        self.name = name
         if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)):
-            raise DataError(f"{path}: column 'embedding' must be a list of floats, got {col_type}")
+            raise DataError(f"{path}: column '{self.name}' must be a list of floats, got {col_type}")
         if not pa.types.is_floating(col_type.value_type):
-            raise DataError(f"{path}: column 'embedding' must hold floats, got list of {col_type.value_type}")
+            raise DataError(f"{path}: column '{self.name}' must hold floats, got list of {col_type.value_type}")
         self.path, self.col_type, self.rows, self.notes = path, col_type, rows, notes
         self.dim = col_type.list_size if pa.types.is_fixed_size_list(col_type) else None
         self.vectors: np.ndarray | None = None
@@ -186,13 +197,13 @@ class _VectorReader:
             missing = np.zeros(self.rows, dtype=bool)
             missing[first:first + n] = np.asarray(chunk.is_null().to_numpy(zero_copy_only=False))
             raise DataError(
-                f"{self.path}: column 'embedding' is null in {int(missing.sum())} row(s) "
+                f"{self.path}: column '{self.name}' is null in {int(missing.sum())} row(s) "
                 f"(first ids: {_first_ids(ids, missing)})"
             )
         dim = self._chunk_dim(chunk, first, ids)
         if self.vectors is None:
             if dim == 0:
-                raise DataError(f"{self.path}: column 'embedding' has dimension 0")
+                raise DataError(f"{self.path}: column '{self.name}' has dimension 0")
             self.dim = dim
             self.vectors = np.empty((self.rows, dim), dtype=np.float32)
         values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, self.dim)
@@ -214,24 +225,24 @@ class _VectorReader:
             odd[first:first + len(chunk)] = lengths != common
             seen = sorted({int(d) for d in dims} | {common})
             raise DataError(
-                f"{self.path}: column 'embedding' has mixed dimensions {seen}; "
+                f"{self.path}: column '{self.name}' has mixed dimensions {seen}; "
                 f"{int(odd.sum())} row(s) differ from {common} (first ids: {_first_ids(ids, odd)})"
             )
         if not self.variable_note:
-            self.notes.append(f"{self.path}: 'embedding' is a variable-length list; read as fixed dimension {common}")
+            self.notes.append(f"{self.path}: '{self.name}' is a variable-length list; read as fixed dimension {common}")
             self.variable_note = True
         return common
 
     def finish(self, ids: np.ndarray) -> np.ndarray:
         if self.vectors is None:
-            raise DataError(f"{self.path}: column 'embedding' has dimension 0")
+            raise DataError(f"{self.path}: column '{self.name}' has dimension 0")
         if not pa.types.is_float32(self.col_type.value_type):
-            self.notes.append(f"{self.path}: 'embedding' values are {self.col_type.value_type}; converted to float32")
+            self.notes.append(f"{self.path}: '{self.name}' values are {self.col_type.value_type}; converted to float32")
         if self.bad_rows:
             bad = np.zeros(self.rows, dtype=bool)
             bad[np.concatenate(self.bad_rows)] = True
             raise DataError(
-                f"{self.path}: column 'embedding' has NaN or Inf in {int(bad.sum())} row(s) "
+                f"{self.path}: column '{self.name}' has NaN or Inf in {int(bad.sum())} row(s) "
                 f"(first ids: {_first_ids(ids, bad)})"
             )
         return self.vectors
@@ -287,6 +298,21 @@ def _check_splits(path: Path, split: np.ndarray | None) -> None:
         )
 
 
+def _parts_array(path: Path, table: pa.Table, ids: np.ndarray, notes: list[str], metadata: dict[str, str]) -> np.ndarray | None:
+    """The optional ``parts`` column, validated like ``embedding``; its width must be P·d with P = ``retrieve.parts``."""
+    if schema.PARTS not in table.column_names:
+        return None
+    parts = _vectors_array(path, table.column(schema.PARTS), ids, notes, name=schema.PARTS)
+    count = metadata.get(schema.META_PARTS)
+    if count is None or not count.isdigit() or int(count) < 1:
+        raise DataError(f"{path}: column 'parts' needs the file metadata {schema.META_PARTS} = P (number of parts), "
+                        f"got {count!r}")
+    if parts.shape[1] % int(count):
+        raise DataError(f"{path}: column 'parts' has {parts.shape[1]} values per row, not a multiple of "
+                        f"{schema.META_PARTS} = {count}")
+    return parts
+
+
 def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[str, str] | None = None,
                           check_unique: bool = True, vectors: "_VectorSource | None" = None) -> Embeddings:
     """Validate an Arrow table in the embeddings format and return the typed object.
@@ -309,10 +335,11 @@ def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[st
     split = _string_column(path, table, schema.SPLIT)
     _check_splits(path, split)
     paths = _string_column(path, table, schema.PATH)
+    parts = _parts_array(path, table, ids, notes, dict(metadata or {}))
     extra = table.drop_columns([c for c in table.column_names if c in schema.KNOWN_COLUMNS])
     return Embeddings(
         ids=ids, vectors=vectors, pid=pid, camid=camid, camid_known=camid_known, split=split, path=paths,
-        extra=extra, metadata=dict(metadata or {}), source=str(source), notes=tuple(notes),
+        parts=parts, extra=extra, metadata=dict(metadata or {}), source=str(source), notes=tuple(notes),
     )
 
 

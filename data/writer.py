@@ -31,8 +31,8 @@ def _creator() -> str:
 
 
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None, paths=None,
-                     extra: pa.Table | dict | None = None) -> pa.Table:
-    """Build an Arrow table in the embeddings format (no metadata)."""
+                     extra: pa.Table | dict | None = None, parts: np.ndarray | None = None) -> pa.Table:
+    """Build an Arrow table in the embeddings format (no metadata); ``parts``: (n, P, d) part features."""
     vectors = np.asarray(vectors)
     if vectors.dtype not in (np.float16, np.float32, np.float64):
         vectors = vectors.astype(np.float32)  # integers and the like: validation names float types only
@@ -55,6 +55,12 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=No
         columns[name] = array.cast(schema.COLUMN_TYPES[name])
         if len(columns[name]) != n:
             raise DataError(f"column '{name}' has {len(columns[name])} values for {n} rows")
+    if parts is not None:
+        parts = np.asarray(parts)
+        if parts.ndim != 3 or len(parts) != n:
+            raise DataError(f"parts must be an (n, P, d) array with n = {n} rows, got shape {parts.shape}")
+        flat = np.ascontiguousarray(parts).reshape(n, -1)
+        columns[schema.PARTS] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
     table = pa.table(columns)
     if extra is not None:
         extra_table = extra if isinstance(extra, pa.Table) else pa.table(extra)
@@ -66,10 +72,14 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=No
 def canonical_table(table: pa.Table, emb: Embeddings) -> pa.Table:
     """The table with its embedding column as validated float32 fixed-size lists."""
     column = pa.FixedSizeListArray.from_arrays(pa.array(emb.vectors.reshape(-1), type=pa.float32()), emb.dim)
-    return table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
+    table = table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
+    if emb.parts is not None:
+        parts = pa.FixedSizeListArray.from_arrays(pa.array(emb.parts.reshape(-1), type=pa.float32()), emb.parts.shape[1])
+        table = table.set_column(table.column_names.index(schema.PARTS), schema.PARTS, parts)
+    return table
 
 
-def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None) -> pa.Table:
+def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None, parts: int = 0) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     meta.update({
         schema.META_FORMAT_VERSION.encode(): schema.FORMAT_VERSION.encode(),
@@ -78,6 +88,8 @@ def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None
         schema.META_MODEL.encode(): (model or "").encode(),
         schema.META_CREATOR.encode(): _creator().encode(),
     })
+    if parts:
+        meta[schema.META_PARTS.encode()] = str(int(parts)).encode()
     return table.replace_schema_metadata(meta)
 
 
@@ -85,14 +97,16 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024  # vectors per row group: what a reader decod
 
 
 def parquet_options(schema_: pa.Schema, row_group_rows: int | None = None) -> dict:
-    """Writer options: the embedding column stored plain (no dictionary, no compression: random
-    floats gain nothing from either, and plain pages decode straight into the float32 matrix),
-    the other columns dictionary-encoded and snappy-compressed; row groups of about 64 MB."""
+    """Writer options: the vector columns (embedding, parts) stored plain (no dictionary, no
+    compression: random floats gain nothing from either, and plain pages decode straight into the
+    float32 matrix), the other columns dictionary-encoded and snappy-compressed; row groups of
+    about 64 MB of embeddings."""
     names = schema_.names
     embedding = schema.EMBEDDING in names
+    plain = (schema.EMBEDDING, schema.PARTS)
     options: dict = {
-        "use_dictionary": [n for n in names if n != schema.EMBEDDING],
-        "compression": {n: ("none" if n == schema.EMBEDDING else "snappy") for n in names},
+        "use_dictionary": [n for n in names if n not in plain],
+        "compression": {n: ("none" if n in plain else "snappy") for n in names},
     }
     if row_group_rows is None and embedding:
         dim = schema_.field(schema.EMBEDDING).type.list_size if pa.types.is_fixed_size_list(
@@ -118,12 +132,17 @@ def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: 
 
 def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None,
                      paths=None, extra: pa.Table | dict | None = None, model: str | None = None,
-                     row_group_rows: int | None = None, *, overwrite: bool = True) -> Path:
-    """Write an embeddings file atomically (validated first, so a bad input never lands on disk)."""
+                     row_group_rows: int | None = None, *, overwrite: bool = True,
+                     parts: np.ndarray | None = None) -> Path:
+    """Write an embeddings file atomically (validated first, so a bad input never lands on disk).
+
+    ``parts``: optional (n, P, d) part features, written as the ``parts`` column with ``retrieve.parts`` = P.
+    """
     path = Path(path)
-    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra)
-    emb = embeddings_from_table(table, path)
-    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model)
+    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra, parts)
+    num_parts = 0 if parts is None else int(np.shape(parts)[1])
+    emb = embeddings_from_table(table, path, {schema.META_PARTS: str(num_parts)} if num_parts else None)
+    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model, num_parts)
     return write_parquet_atomically(table, path, row_group_rows, overwrite=overwrite)
 
 

@@ -45,6 +45,15 @@ def _image_size(text: Optional[str]) -> tuple[int, int] | None:
     return height, width
 
 
+def _peer(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected a peer number 1..N or all, got {text!r}", param_hint="--peer") from None
+
+
 @app.command("train")
 def train_command(
     out: Path = typer.Option(..., "--out", help="Model folder to write (model.pt, config.json, checkpoint.pt)."),
@@ -52,21 +61,32 @@ def train_command(
         None, "--layout", metavar="KIND ROOT", help="Images of a data set layout: market, duke, msmt17, veri, or folders (ROOT/<identity>/<images>)."
     ),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A built-in data set: digits (scikit-learn's 8×8 digits, open-set 0–5 → 6–9)."),
-    loss: str = typer.Option("softmax+triplet:batch-hard", "--loss", help="Weighted sum of losses, e.g. 1.0*softmax+0.5*triplet:soft-margin."),
-    epochs: int = typer.Option(15, "--epochs", min=1, help="Epochs to train (in all, counting resumed ones)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Weighted sum of losses, e.g. 1.0*softmax+0.5*triplet:soft-margin (default softmax+triplet:batch-hard; digits triplet:batch-hard)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to train, in all, counting resumed ones (default 15; digits 30)."),
     p: Optional[int] = typer.Option(None, "--p", min=1, help="Identities per batch (default 16; digits 6)."),
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Images per identity in a batch (default 4; digits 16)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="HEIGHTxWIDTH of the network input (default 256x128; digits 8x8)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="small-cnn or resnet (default resnet; digits small-cnn)."),
     depth: Optional[int] = typer.Option(None, "--depth", help="ResNet depth: 10, 18 or 34 (default 18)."),
-    width: Optional[int] = typer.Option(None, "--width", min=1, help="Base channel width (default 64 for resnet, 32 for small-cnn)."),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="Base channel width (default 64 for resnet, 32 for small-cnn; digits 16)."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="How the feature map becomes a vector: avg, max, flatten or gem (default avg)."),
+    head: Optional[str] = typer.Option(None, "--head", help="Projection head between the pooled feature and the losses: none, linear or mlp (default none)."),
+    head_dim: Optional[int] = typer.Option(None, "--head-dim", min=1, help="Output width of the projection head (default 128)."),
+    feature: Optional[str] = typer.Option(None, "--feature", help="Retrieval feature (for --eval-every and embed's default): body, pooled, pre-bn or post-bn (default post-bn; digits body)."),
+    parts: int = typer.Option(0, "--parts", min=0, help="Local branch with P horizontal stripes (AlignedReID); use with the loss term aligned (0: none)."),
+    part_dim: Optional[int] = typer.Option(None, "--part-dim", min=1, help="Width of each stripe feature (default 64)."),
+    mutual: Optional[int] = typer.Option(None, "--mutual", min=1, help="Peers trained together by deep mutual learning (1: plain training; default 1, digits 2)."),
+    mutual_weight: Optional[float] = typer.Option(None, "--mutual-weight", min=0.0, help="Weight of the mutual terms (default 1; 0: the peers train side by side without learning from each other, an ensemble)."),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd (Nesterov momentum 0.9)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A state-dict file to start the backbone from (ResNet names: conv1, layer1…)."),
-    lr: float = typer.Option(3.5e-4, "--lr", min=0.0, help="Base learning rate of Adam (warm-up and step decay scaled to --epochs)."),
-    device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Base learning rate, warm-up and step decay scaled to --epochs (default adam 3.5e-4, sgd 0.01; digits adam 1e-3)."),
+    device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda (cuda trains in mixed precision)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, sampling and augmentations."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Evaluate on the query/gallery split every N epochs and at the end (0: never)."),
+    save_every: int = typer.Option(1, "--save-every", min=1, help="Write the checkpoint every N epochs and at the end."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0: torch's default; 1 is often fastest for tiny images)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes decoding image files (0: threads of this process)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0: torch's default; digits: 1, the fastest for 8×8 images)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Where the run folder goes (default $RETRIEVE_WORKSPACE or ./retrieve-runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (model folder, run folder, last epoch, evaluation)."),
 ) -> None:
@@ -75,21 +95,23 @@ def train_command(
 
     source_dataset, kind, root = _source(layout, dataset)
     size = _image_size(image_size)
-    check_train_options(backbone, depth, loss)
+    check_train_options(backbone, depth, loss, pool=pool, head=head, feature=feature, optimizer=optimizer)
     from retrieval.train import require_torch
 
     require_torch()
-    from retrieval.progress import stage_progress
+    from retrieval.train.progress import epoch_bars
     from retrieval.train.trainer import TrainConfig
 
     config = TrainConfig(
         model_dir=str(out), dataset=source_dataset, layout=kind, root=root, loss=loss, epochs=epochs, p=p, k=k,
-        image_size=size, backbone=backbone, depth=depth, width=width, lr=lr, device=device.value, seed=seed,
-        eval_every=eval_every, weights=None if weights is None else str(weights), resume=resume,
+        image_size=size, backbone=backbone, depth=depth, width=width, pool=pool, head=head, head_dim=head_dim,
+        feature=feature, parts=parts, part_dim=part_dim, mutual=mutual, mutual_weight=mutual_weight,
+        optimizer=optimizer, lr=lr, device=device.value, seed=seed, eval_every=eval_every, save_every=save_every,
+        workers=workers, weights=None if weights is None else str(weights), resume=resume,
         workspace=None if workspace is None else str(workspace), command=shlex.join(["retrieve", *sys.argv[1:]]),
     )
-    with stage_progress(quiet=as_json) as progress:
-        result = train(config, threads=threads, progress=progress,
+    with epoch_bars(quiet=as_json) as progress:
+        result = train(config, threads=threads or (1 if source_dataset == "digits" else 0), progress=progress,
                        warn=lambda m: typer.echo(f"retrieve: warning: {m}", err=True))
     if as_json:
         print_json(result, indent=2)
@@ -104,10 +126,10 @@ def _print_training(result: dict) -> None:
     if last:
         typer.echo(f"last epoch: loss {last['loss']:.4f}, active triplets {100 * (last.get('active_triplets') or 0):.1f}%, "
                    f"mean d_ap {last.get('mean_d_ap', float('nan')):.3f}, d_an {last.get('mean_d_an', float('nan')):.3f}")
-    if result["evaluation"]:
-        ev = result["evaluation"]
-        typer.echo(f"evaluation (epoch {ev['epoch']}, {ev['protocol']}, {ev['metric_distance']}): "
-                   f"mAP {100 * ev['mAP']:.2f}%  rank-1 {100 * ev['rank-1']:.2f}%  mINP {100 * ev['mINP']:.2f}%")
+    for label, ev in (("untrained", result["initial_evaluation"]), ("evaluation", result["evaluation"])):
+        if ev:
+            typer.echo(f"{label} (epoch {ev['epoch']}, {ev['feature']}, {ev['protocol']}, {ev['metric_distance']}): "
+                       f"mAP {100 * ev['mAP']:.2f}%  rank-1 {100 * ev['rank-1']:.2f}%  mINP {100 * ev['mINP']:.2f}%")
     typer.echo(f"model: {result['model_dir']}\nrun: {result['run_dir']}")
 
 
@@ -116,22 +138,27 @@ def embed_command(
     model_dir: Path = typer.Argument(..., help="A model folder written by `retrieve train`."),
     out: Path = typer.Option(..., "--out", help="Embeddings Parquet file to write."),
     layout: Optional[Tuple[str, Path]] = typer.Option(None, "--layout", metavar="KIND ROOT", help="Images of a data set layout (as for train)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="A built-in data set: digits."),
-    feature: str = typer.Option("post-bn", "--feature", help="post-bn (after the BNNeck, default) or pre-bn; L2-normalised."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A built-in data set: digits (its images are written as PNGs beside --out, in digits-images/)."),
+    feature: Optional[str] = typer.Option(None, "--feature", help="body, pooled, pre-bn or post-bn, L2-normalised (default: the model's, as trained with --feature)."),
+    peer: str = typer.Option("all", "--peer", help="With --mutual N models: peer 1..N, or all (the peers' features concatenated)."),
     device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes decoding image files (0: threads of this process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {out, rows, dim, feature, normalized, model, device}."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {out, rows, dim, feature, peer, parts, normalized, model, device}."),
 ) -> None:
-    """Embed every image of a data set with a trained model; write id, embedding, pid, camid, split, path."""
+    """Embed every image of a data set with a trained model; write id, embedding, pid, camid, split, path (and parts)."""
     from retrieval.jobs.train import embed
     from retrieval.progress import stage_progress
 
     source_dataset, kind, root = _source(layout, dataset)
     with stage_progress(quiet=as_json) as progress:
         result = embed(model_dir, out, overwrite=overwrite, progress=progress, dataset=source_dataset, layout=kind,
-                       root=root, feature=feature, device=device.value, batch_size=batch_size)
+                       root=root, feature=feature, peer=_peer(peer), device=device.value, batch_size=batch_size,
+                       workers=workers)
     if as_json:
         print_json(result, indent=2)
     else:
-        typer.echo(f"wrote {result['rows']} embeddings of dimension {result['dim']} ({result['feature']}, L2-normalised) to {result['out']}")
+        parts = f", {result['parts']} parts" if result["parts"] else ""
+        typer.echo(f"wrote {result['rows']} embeddings of dimension {result['dim']} ({result['feature']}, "
+                   f"L2-normalised{parts}) to {result['out']}")

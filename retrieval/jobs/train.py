@@ -13,21 +13,29 @@ from typing import Any, Callable
 from retrieval.common.atomic import check_output, output_lock
 from retrieval.common.progress import ProgressCallback
 from retrieval.errors import OptionError
+from retrieval.train.choices import FEATURES, HEADS, OPTIMIZERS, POOLS
 
 BACKBONES = ("small-cnn", "resnet")
 RESNET_DEPTHS = (10, 18, 34)
-FEATURES = ("post-bn", "pre-bn")
 
 
-def check_train_options(backbone: str | None, depth: int | None, loss: str) -> None:
-    if backbone is not None and backbone not in BACKBONES:
-        raise OptionError(f"unknown backbone {backbone!r}; choose small-cnn or resnet", "--backbone")
+def _check_choice(value: str | None, choices: tuple[str, ...], option: str) -> None:
+    if value is not None and value not in choices:
+        raise OptionError(f"unknown value {value!r}; choose from {', '.join(choices)}", option)
+
+
+def check_train_options(backbone: str | None, depth: int | None, loss: str | None, *, pool: str | None = None,
+                        head: str | None = None, feature: str | None = None, optimizer: str | None = None) -> None:
+    """Usage errors in the options of ``train`` (``None``: the data source's default)."""
+    for value, choices, option in ((backbone, BACKBONES, "--backbone"), (pool, POOLS, "--pool"), (head, HEADS, "--head"),
+                                   (feature, FEATURES, "--feature"), (optimizer, OPTIMIZERS, "--optimizer")):
+        _check_choice(value, choices, option)
     if depth is not None and depth not in RESNET_DEPTHS:
         raise OptionError("ResNet depth must be 10, 18 or 34", "--depth")
     from retrieval.train.combine import parse_loss_spec
 
     try:
-        parse_loss_spec(loss)
+        parse_loss_spec(loss or "softmax")
     except ValueError as exc:
         raise OptionError(str(exc), "--loss") from None
 
@@ -49,13 +57,12 @@ def train(config, *, threads: int = 0, progress: ProgressCallback | None = None,
 def embed(model_dir: Path, out: Path, *, overwrite: bool, progress: ProgressCallback | None = None,
           **source: Any) -> dict[str, Any]:
     """Embed a data source with a trained model into ``out`` (exclusive unless ``overwrite``)."""
-    if source.get("feature", "post-bn") not in FEATURES:
-        raise OptionError("choose post-bn or pre-bn", "--feature")
+    _check_choice(source.get("feature"), FEATURES, "--feature")
     check_output(out, overwrite=overwrite)
     from retrieval.train import require_torch
 
     require_torch()
-    from retrieval.train.trainer import embed_to_file
+    from retrieval.train.embed import embed_to_file
 
     with output_lock(out, wait=0):
         check_output(out, overwrite=overwrite)

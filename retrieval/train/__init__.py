@@ -1,4 +1,5 @@
-"""The trainer: metric-learning losses, PK sampling, BNNeck models; `retrieve train` / `retrieve embed`.
+"""The trainer: metric-learning losses, PK sampling, BNNeck models, mutual learning, aligned parts;
+`retrieve train` / `retrieve embed`.
 
 Everything here needs torch (the ``train`` extra). Importing this package does NOT import
 torch, so ``import retrieval`` and every other command work without it; call

@@ -2,7 +2,8 @@
 
 Grammar: terms joined by ``+``; a term is ``[WEIGHT*]NAME[:VARIANT]``. Names:
 softmax, contrastive, triplet[:batch-hard|batch-all|semi-hard|soft-margin|soft-batch-hard],
-improved-triplet, quadruplet, msml (margin sample mining), center.
+improved-triplet, quadruplet, msml (margin sample mining), center, aligned (AlignedReID's local
+triplet term on the part features; needs ``--parts P``).
 Parsing needs no torch; building does.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-LOSS_NAMES = ("softmax", "contrastive", "triplet", "improved-triplet", "quadruplet", "msml", "center")
+LOSS_NAMES = ("softmax", "contrastive", "triplet", "improved-triplet", "quadruplet", "msml", "center", "aligned")
 TRIPLET_VARIANTS = ("batch-hard", "batch-all", "semi-hard", "soft-margin", "soft-batch-hard")
 DEFAULT_LOSS = "softmax+triplet:batch-hard"
 
@@ -80,7 +81,14 @@ def build_term(term: LossTerm, num_classes: int, feat_dim: int, margin: float = 
         return losses.MarginSampleMiningLoss(margin)
     if term.name == "center":
         return losses.CenterLoss(num_classes, feat_dim)
+    if term.name == "aligned":
+        return losses.AlignedTripletLoss(margin)
     raise ValueError(term.name)
+
+
+def uses_term(spec: str, name: str) -> bool:
+    """Whether the loss specification has a term called ``name``."""
+    return any(term.name == name for term in parse_loss_spec(spec))
 
 
 def build_loss(spec: str, num_classes: int, feat_dim: int):
@@ -90,18 +98,23 @@ def build_loss(spec: str, num_classes: int, feat_dim: int):
     terms = parse_loss_spec(spec)
 
     class CombinedLoss(nn.Module):
-        """Weighted sum; ``forward(embeddings, logits, labels) -> (total, {label: value})``."""
+        """Weighted sum; ``forward(embeddings, logits, labels, parts=None) -> (total, {label: value})``."""
 
         def __init__(self):
             super().__init__()
             self.terms = terms
             self.parts = nn.ModuleList(build_term(t, num_classes, feat_dim) for t in terms)
 
-        def forward(self, embeddings, logits, labels):
+        def forward(self, embeddings, logits, labels, parts=None):
             values = {}
             total = 0.0
             for term, module in zip(self.terms, self.parts):
-                value = module(logits if module.needs == "logits" else embeddings, labels)
+                if module.needs == "parts":
+                    if parts is None:
+                        raise ValueError("the aligned loss needs part features (--parts P)")
+                    value = module(embeddings, parts, labels)
+                else:
+                    value = module(logits if module.needs == "logits" else embeddings, labels)
                 values[term.label] = value
                 total = total + term.weight * value
             return total, values

@@ -7,7 +7,6 @@ in torch, with an explicit generator so that a seed fixes them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +15,10 @@ import pyarrow as pa
 import torch
 
 from retrieval.data.errors import DataError
+from retrieval.train.decode import decode_many
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "query", "gallery")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -52,7 +50,10 @@ class InMemoryImageSet:
 
 @dataclass
 class FileImageSet:
-    """Images on disk, decoded with Pillow, resized to (height, width), normalised with ImageNet statistics."""
+    """Images on disk, decoded with Pillow, resized to (height, width), normalised with ImageNet statistics.
+
+    ``workers`` > 0 decodes in that many processes, 0 in threads of this process.
+    """
 
     files: np.ndarray
     ids: np.ndarray
@@ -62,6 +63,7 @@ class FileImageSet:
     path: np.ndarray
     name: str
     size: tuple[int, int]
+    workers: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,35 +75,8 @@ class FileImageSet:
         return self.size
 
     def load(self, rows) -> torch.Tensor:
-        # Pillow releases the GIL while decoding and resizing: threads overlap the file reads.
-        files = [self.files[r] for r in np.asarray(rows)]
-        return torch.stack(list(decoder_pool().map(lambda f: decode_image(f, self.size), files)))
-
-
-_POOL = {}
-
-
-def decoder_pool():
-    """One shared thread pool for image decoding (at most 8 threads)."""
-    if "pool" not in _POOL:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL["pool"] = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
-    return _POOL["pool"]
-
-
-def decode_image(path: str, size: tuple[int, int]) -> torch.Tensor:
-    """Read one image as RGB, resize bilinearly to (height, width), normalise: (3, H, W) float32."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc})") from None
-    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
+        files = [str(self.files[r]) for r in np.asarray(rows)]
+        return torch.from_numpy(decode_many(files, tuple(self.size), self.workers))
 
 
 def folders_manifest(root: Path | str) -> pa.Table:
@@ -147,7 +122,7 @@ def layout_manifest(layout: str, root: Path | str) -> pa.Table:
     return build_manifest(layout, root)
 
 
-def load_layout_set(layout: str, root: Path | str, size: tuple[int, int]) -> FileImageSet:
+def load_layout_set(layout: str, root: Path | str, size: tuple[int, int], workers: int = 0) -> FileImageSet:
     table = layout_manifest(layout, root)
     root = Path(root)
     paths = np.array(table.column("path").to_pylist(), dtype=object)
@@ -164,15 +139,21 @@ def load_layout_set(layout: str, root: Path | str, size: tuple[int, int]) -> Fil
         path=paths,
         name=layout,
         size=size,
+        workers=workers,
     )
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training augmentations: horizontal flip, pad-and-crop, random erasing (Zhong et al.)."""
+    """Training augmentations: horizontal flip, pad-and-crop, random erasing (Zhong et al.).
+
+    ``fill``: the value padded in, i.e. the background after normalisation (0, the mean, for
+    ImageNet-normalised photos; -1, white paper, for the digits scaled to [-1, 1]).
+    """
 
     flip: bool = True
     pad: int = 10
+    fill: float = 0.0
     erase_prob: float = 0.5
     erase_area: tuple[float, float] = (0.02, 0.4)
     erase_aspect: float = 0.3
@@ -184,15 +165,16 @@ class Augmentation:
 
     @classmethod
     def for_digits(cls) -> "Augmentation":
-        # a mirrored digit is another shape; erasing an 8×8 image removes too much.
-        return cls(flip=False, pad=1, erase_prob=0.0)
+        # a mirrored digit is another shape; erasing an 8×8 image removes too much; the
+        # background is pixel value 0, scaled to -1.
+        return cls(flip=False, pad=1, fill=-1.0, erase_prob=0.0)
 
     def __call__(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         batch = batch.clone()
         if self.flip:
             batch = random_flip(batch, gen)
         if self.pad:
-            batch = pad_and_crop(batch, self.pad, gen)
+            batch = pad_and_crop(batch, self.pad, gen, self.fill)
         if self.erase_prob:
             batch = random_erase(batch, self.erase_prob, self.erase_area, self.erase_aspect, gen)
         return batch
@@ -204,10 +186,10 @@ def random_flip(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return batch
 
 
-def pad_and_crop(batch: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad (zero is the mean after normalisation) and crop back at a random offset per image."""
+def pad_and_crop(batch: torch.Tensor, pad: int, gen: torch.Generator, fill: float = 0.0) -> torch.Tensor:
+    """Pad with ``fill`` (the background value) and crop back at a random offset per image."""
     n, _, h, w = batch.shape
-    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
+    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad), value=fill)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])

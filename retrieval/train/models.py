@@ -1,13 +1,13 @@
-"""Backbones and the BNNeck head.
+"""Backbones: images (n, C, H, W) -> feature maps (n, out_channels, h, w).
 
-``small-cnn``: three conv blocks for small images (8×8 digits up to ~64×64).
+The pooling, the projection head, the BNNeck and the part branch that sit on a backbone's map
+are in ``retrieval.train.network``.
+
+``small-cnn``: four conv blocks and one 2×2 max pool, for small images (8×8 digits up to ~64×64).
 ``resnet``: a ResNet with basic blocks, depth 10/18/34 and base width configurable, last
 stride 1 (as in the strong re-ID baseline). Its parameter names follow the common ResNet
 naming (conv1, bn1, layer1..4, downsample.0/1), so a user's state-dict file of a ResNet-18/34
 of width 64 loads into it (the classifier "fc.*" entries are ignored).
-
-BNNeck (Luo et al. 2019): the pooled feature (pre-BN) feeds the metric losses, a BatchNorm1d
-without a learned shift gives the post-BN feature that feeds a bias-free classifier.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """conv-conv-pool-conv-conv, then global average pooling; feature size 4·width."""
+    """conv-conv-pool-conv-conv for small images; returns the (4·width, H/2, W/2) feature map."""
 
     def __init__(self, in_channels: int = 1, width: int = 32):
         super().__init__()
@@ -35,12 +35,11 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
             conv_bn_relu(2 * width, 4 * width),
             conv_bn_relu(4 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1),
         )
-        self.out_dim = 4 * width
+        self.out_channels = 4 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).flatten(1)
+        return self.body(x)
 
 
 class BasicBlock(nn.Module):
@@ -62,7 +61,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem (7×7 stride 2 + max pool), four stages of basic blocks, global average pool."""
+    """Stem (7×7 stride 2 + max pool), four stages of basic blocks; returns the layer4 feature map."""
 
     def __init__(self, depth: int = 18, width: int = 64, in_channels: int = 3, last_stride: int = 1):
         super().__init__()
@@ -78,34 +77,11 @@ class ResNet(nn.Module):
             layers = [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout, 1) for _ in range(blocks - 1)]
             setattr(self, f"layer{i}", nn.Sequential(*layers))
             cin = cout
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = 8 * width
+        self.out_channels = 8 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.pool(x).flatten(1)
-
-
-class BNNeckNet(nn.Module):
-    """Backbone + BNNeck + classifier; ``forward`` returns (pre-BN feature, post-BN feature, logits)."""
-
-    def __init__(self, backbone: nn.Module, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.neck = nn.BatchNorm1d(backbone.out_dim)
-        self.neck.bias.requires_grad_(False)  # no shift: keeps the post-BN feature centred for cosine
-        self.classifier = nn.Linear(backbone.out_dim, num_classes, bias=False)
-        nn.init.normal_(self.classifier.weight, std=0.001)
-
-    @property
-    def feat_dim(self) -> int:
-        return self.backbone.out_dim
-
-    def forward(self, x: torch.Tensor):
-        pre = self.backbone(x)
-        post = self.neck(pre)
-        return pre, post, self.classifier(post)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 def build_backbone(name: str, in_channels: int, depth: int | None = None, width: int | None = None) -> nn.Module:

@@ -1,9 +1,10 @@
-"""The training loop: PK batches, augmentations, the combined loss, per-epoch statistics,
-checkpoints (``--resume``), evaluation with our evaluator, a run folder of kind "train".
+"""The training loop: PK batches, augmentations, the combined loss (and the mutual terms between
+peers), per-epoch statistics, checkpoints (``--resume``, ``--save-every``), evaluation with our
+evaluator, a run folder of kind "train".
 
-The model folder holds ``model.pt`` (the BNNeck network's state dict), ``config.json``
-(architecture, class count, image size, loss, data source, epochs done, run folder) and
-``checkpoint.pt`` (model, loss, optimizer, epoch history) to resume from.
+The model folder holds ``model.pt`` (the peer group's state dict), ``config.json`` (architecture,
+class count, image size, loss, retrieval feature, data source, epochs done, run folder) and
+``checkpoint.pt`` (model, loss, optimizer, grad scaler, epoch history) to resume from.
 """
 
 from __future__ import annotations
@@ -20,40 +21,58 @@ import pyarrow as pa
 import torch
 
 from retrieval.errors import RetrieveError
-from retrieval.train.combine import DEFAULT_LOSS, build_loss, parse_loss_spec
+from retrieval.train.choices import FEATURES, HEADS, OPTIMIZERS, POOLS
+from retrieval.train.combine import build_loss, parse_loss_spec, uses_term
 from retrieval.train.images import Augmentation, load_layout_set
-from retrieval.train.losses import mining_statistics
-from retrieval.train.models import BNNeckNet, build_backbone, load_backbone_weights
-from retrieval.train.optim import DEFAULT_LR, Schedule, make_optimizer, set_lr
+from retrieval.train.models import load_backbone_weights
+from retrieval.train.network import DEFAULT_HEAD_DIM, DEFAULT_PART_DIM, build_network, network_spec
+from retrieval.train.optim import Schedule, make_optimizer
+from retrieval.train.progress import no_progress
+from retrieval.train.recipes import recipe
 from retrieval.train.sampler import PKSampler
+from retrieval.train.step import grad_scaler, run_epoch
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT_VERSION = 2  # 1: one BNNeck network, no pool/head/peers/parts (still read by embed)
 COLLAPSE_DISTANCE = 1e-3
-MARGIN = 0.3
 # these must agree between a checkpoint and a --resume call.
-RESUME_KEYS = ("dataset", "layout", "loss", "p", "k", "image_size", "backbone", "depth", "width", "lr", "seed")
+RESUME_KEYS = ("dataset", "layout", "loss", "p", "k", "image_size", "backbone", "depth", "width", "lr", "seed",
+               "pool", "head", "head_dim", "parts", "part_dim", "mutual", "mutual_weight", "optimizer")
 
 
 @dataclass
 class TrainConfig:
+    """A training run's options; ``None`` means "the data source's recipe" (``retrieval.train.recipes``)."""
+
     model_dir: str
     dataset: str | None = None  # "digits"
     layout: str | None = None  # market | duke | msmt17 | veri | folders
     root: str | None = None
-    loss: str = DEFAULT_LOSS
-    epochs: int = 15
+    loss: str | None = None
+    epochs: int | None = None
     p: int | None = None
     k: int | None = None
     image_size: tuple[int, int] | None = None
     backbone: str | None = None
     depth: int | None = None
     width: int | None = None
-    lr: float = DEFAULT_LR
+    pool: str | None = None
+    head: str | None = None
+    head_dim: int | None = None
+    feature: str | None = None  # the retrieval feature: --eval-every's and embed's default
+    parts: int = 0  # P stripes of the local branch (AlignedReID); 0: none
+    part_dim: int | None = None
+    mutual: int | None = None  # peers trained together (deep mutual learning); 1: plain training
+    mutual_weight: float | None = None  # weight of the mutual terms; 0: peers side by side (an ensemble)
+    optimizer: str = "adam"
+    lr: float | None = None
     device: str = "auto"
     seed: int = 0
     eval_every: int = 0
+    save_every: int = 1
+    workers: int = 0
     weights: str | None = None
     resume: bool = False
     workspace: str | None = None
@@ -61,20 +80,49 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def with_defaults(self) -> "TrainConfig":
-        """Fill the options left open with the data source's defaults (digits: 6×16 batches, small CNN)."""
-        digits = self.dataset == "digits"
-        backbone = self.backbone or ("small-cnn" if digits else "resnet")
+        """Fill the options left open with the data source's recipe."""
+        base = recipe(self.dataset)
+        backbone = self.backbone or base["backbone"]
         small = backbone == "small-cnn"
+        same = backbone == base["backbone"]
         values = asdict(self)
         values.update(
-            p=self.p or (6 if digits else 16),
-            k=self.k or (16 if digits else 4),
-            image_size=tuple(self.image_size) if self.image_size else ((8, 8) if digits else (256, 128)),
+            loss=self.loss or base["loss"],
+            epochs=self.epochs or base["epochs"],
+            p=self.p or base["p"],
+            k=self.k or base["k"],
+            image_size=tuple(self.image_size) if self.image_size else tuple(base["image_size"]),
             backbone=backbone,
-            depth=None if small else (self.depth or 18),
-            width=self.width or (32 if small else 64),
+            depth=None if small else (self.depth or base.get("depth") or 18),
+            width=self.width or (base["width"] if same else base.get("small_cnn_width", 32)),
+            pool=self.pool or base["pool"],
+            head=self.head or base["head"],
+            head_dim=None if (self.head or base["head"]) == "none" else (self.head_dim or DEFAULT_HEAD_DIM),
+            feature=self.feature or base["feature"],
+            part_dim=(self.part_dim or DEFAULT_PART_DIM) if self.parts else None,
+            lr=self.lr if self.lr is not None else base["lr"][self.optimizer],
+            mutual=self.mutual or base["mutual"],
+            mutual_weight=self.mutual_weight if self.mutual_weight is not None else base["mutual_weight"],
         )
         return TrainConfig(**values)
+
+    def check(self) -> None:
+        """Raise RetrieveError for options that cannot work together (after ``with_defaults``)."""
+        terms = parse_loss_spec(self.loss)
+        checks = [
+            (self.pool in POOLS, f"unknown --pool {self.pool!r}; choose from {', '.join(POOLS)}"),
+            (self.head in HEADS, f"unknown --head {self.head!r}; choose from {', '.join(HEADS)}"),
+            (self.feature in FEATURES, f"unknown --feature {self.feature!r}; choose from {', '.join(FEATURES)}"),
+            (self.optimizer in OPTIMIZERS, f"unknown --optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
+            (self.mutual >= 1, "--mutual must be at least 1"),
+            (self.mutual_weight >= 0, "--mutual-weight must not be negative"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (bool(self.parts) == any(t.name == "aligned" for t in terms),
+             "--parts P and the loss term 'aligned' go together (e.g. --parts 4 --loss triplet+aligned)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise RetrieveError(message)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,45 +130,28 @@ def resolve_device(name: str) -> torch.device:
         raise RetrieveError(f"unknown device {name!r}; choose auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise RetrieveError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # TF32 off: float32 products as on the CPU (autocast still uses float16 in training)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
 
 
-def load_image_set(dataset: str | None, layout: str | None, root: str | None, image_size, seed: int):
+def load_image_set(dataset: str | None, layout: str | None, root: str | None, image_size, workers: int = 0):
     """The image set of a run: the digits (in memory) or a layout's images on disk."""
     if dataset == "digits":
         from retrieval.train.digits import load_digits_set
 
-        return load_digits_set(seed)
+        return load_digits_set()
     if layout is None or root is None:
         raise RetrieveError("give --layout KIND ROOT or --dataset digits")
-    return load_layout_set(layout, root, tuple(image_size))
+    return load_layout_set(layout, root, tuple(image_size), workers)
 
 
 def class_labels(pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct pids, class index of each row)."""
     classes, labels = np.unique(pids, return_inverse=True)
     return classes, labels.astype(np.int64)
-
-
-def build_model(spec: dict[str, Any]) -> BNNeckNet:
-    backbone = build_backbone(spec["backbone"], spec["in_channels"], spec.get("depth"), spec.get("width"))
-    return BNNeckNet(backbone, spec["num_classes"])
-
-
-@torch.no_grad()
-def embed_rows(model: BNNeckNet, image_set, rows, device, feature: str = "post-bn", batch_size: int = 256) -> np.ndarray:
-    """L2-normalised features of ``rows`` (float32), post-BN (default) or pre-BN, model in eval mode."""
-    was_training = model.training
-    model.eval()
-    rows = np.asarray(rows)
-    out = []
-    for start in range(0, len(rows), batch_size):
-        images = image_set.load(rows[start : start + batch_size]).to(device)
-        pre, post, _ = model(images)
-        chosen = post if feature == "post-bn" else pre
-        out.append(torch.nn.functional.normalize(chosen.float(), dim=1).cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, model.feat_dim), np.float32)
 
 
 def query_gallery_rows(image_set) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +190,16 @@ def evaluate_vectors(image_set, query_rows, gallery_rows, query_vectors, gallery
     }
 
 
-def evaluate_model(model: BNNeckNet, image_set, device, feature: str = "post-bn") -> dict[str, Any]:
+def evaluate_model(network, image_set, device, feature: str = "post-bn", peer="all") -> dict[str, Any]:
+    """The network's retrieval feature on the query/gallery split, scored by our evaluator."""
+    from retrieval.train.embed import embed_rows
+
     q, g = query_gallery_rows(image_set)
     if not len(q) or not len(g):
         raise RetrieveError(f"{image_set.name}: no query/gallery split to evaluate on")
-    return evaluate_vectors(image_set, q, g, embed_rows(model, image_set, q, device, feature), embed_rows(model, image_set, g, device, feature))
+    query, _ = embed_rows(network, image_set, q, device, feature, peer)
+    gallery, _ = embed_rows(network, image_set, g, device, feature, peer)
+    return {**evaluate_vectors(image_set, q, g, query, gallery), "feature": feature}
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -191,13 +227,6 @@ def check_resume(saved: dict[str, Any], config: TrainConfig) -> None:
             raise RetrieveError(f"--resume: {key} is {now!r} but the checkpoint was trained with {before!r}")
 
 
-def epoch_row(epoch: int, lr: float, sums: dict[str, float], batches: int, seconds: float, images: int) -> dict[str, Any]:
-    row = {"epoch": epoch, "lr": lr}
-    row.update({name: value / max(1, batches) for name, value in sums.items()})
-    row.update({"batches": batches, "seconds": seconds, "images_per_second": images / seconds if seconds > 0 else None})
-    return row
-
-
 def epochs_table(history: list[dict[str, Any]]) -> pa.Table:
     names: list[str] = []
     for row in history:
@@ -205,26 +234,50 @@ def epochs_table(history: list[dict[str, Any]]) -> pa.Table:
     return pa.table({n: pa.array([row.get(n) for row in history], pa.int64() if n in ("epoch", "batches") else pa.float64()) for n in names})
 
 
-def train(config: TrainConfig, progress: Callable[[str, int, int], None] | None = None, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train (or resume) a model as ``config`` says; returns the result object that ``--json`` prints."""
-    from retrieval.runs import write_run
-    from retrieval.workspace import new_run_dir
+@dataclass
+class Session:
+    """Everything a training run works with, built by ``prepare``."""
 
-    progress = progress or (lambda stage, done, total: None)
-    warn = warn or (lambda message: print(f"retrieve: warning: {message}", file=sys.stderr))
-    config = config.with_defaults()
-    parse_loss_spec(config.loss)
-    model_dir = Path(config.model_dir)
+    config: TrainConfig
+    model_dir: Path
+    saved: dict[str, Any] | None
+    device: torch.device
+    image_set: Any
+    train_rows: np.ndarray
+    classes: np.ndarray
+    labels: np.ndarray
+    sampler: PKSampler
+    spec: dict[str, Any]
+    network: Any
+    losses: Any
+    optimizer: Any
+    scaler: Any
+    schedule: Schedule
+    augment: Augmentation
+
+    @property
+    def with_kl(self) -> bool:
+        return uses_term(self.config.loss, "softmax")
+
+
+def check_model_dir(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The saved configuration to resume (or None for a fresh run); refuses what cannot be done."""
     saved = read_model_config(model_dir) if (model_dir / CONFIG_FILE).is_file() else None
     if config.resume:
         if saved is None or not (model_dir / CHECKPOINT_FILE).is_file():
             raise RetrieveError(f"{model_dir}: no checkpoint to resume from")
+        if saved.get("format_version") != FORMAT_VERSION:
+            raise RetrieveError(f"{model_dir}: written by an older retrieve train (format {saved.get('format_version')}); "
+                                "it can be embedded but not resumed")
         check_resume(saved, config)
     elif saved is not None:
         raise RetrieveError(f"{model_dir}: already holds a trained model; use --resume to continue it, or another --out")
-    device = resolve_device(config.device)
+    return saved
 
-    image_set = load_image_set(config.dataset, config.layout, config.root, config.image_size, config.seed)
+
+def training_data(config: TrainConfig):
+    """(image set, train rows, classes, labels, sampler), with clear errors for a set that cannot train."""
+    image_set = load_image_set(config.dataset, config.layout, config.root, config.image_size, config.workers)
     train_rows = np.flatnonzero(np.asarray(image_set.split) == "train")
     if not len(train_rows):
         raise RetrieveError(f"{image_set.name}: no images in the train split")
@@ -237,50 +290,83 @@ def train(config: TrainConfig, progress: Callable[[str, int, int], None] | None 
         q, g = query_gallery_rows(image_set)
         if not len(q) or not len(g):
             raise RetrieveError(f"{image_set.name}: --eval-every needs query and gallery images, and this set has none")
+    return image_set, train_rows, classes, labels, sampler
 
+
+def prepare(config: TrainConfig, warn: Callable[[str], None]) -> Session:
+    """Check the options and the model folder, load the data, build the peers, their losses and the optimiser."""
+    config.check()
+    model_dir = Path(config.model_dir)
+    saved = check_model_dir(model_dir, config)
+    device = resolve_device(config.device)
+    image_set, train_rows, classes, labels, sampler = training_data(config)
     torch.manual_seed(config.seed)
-    spec = {
-        "backbone": config.backbone, "depth": config.depth, "width": config.width,
-        "in_channels": image_set.channels, "num_classes": len(classes), "image_size": list(config.image_size),
-    }
-    model = build_model(spec)
-    loss_fn = build_loss(config.loss, len(classes), model.feat_dim)
+    spec = network_spec(config, image_set.channels, len(classes))
+    network = build_network(spec)
+    losses = torch.nn.ModuleList(build_loss(config.loss, len(classes), peer.feat_dim) for peer in network.peers)
     if config.weights and not config.resume:
-        try:
-            report = load_backbone_weights(model.backbone, config.weights)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise RetrieveError(f"--weights: {exc}") from None
+        for peer in network.peers:
+            try:
+                report = load_backbone_weights(peer.backbone, config.weights)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise RetrieveError(f"--weights: {exc}") from None
         if report["missing"]:
             warn(f"--weights: {len(report['missing'])} backbone parameters not in the file keep their random start")
-    model.to(device)
-    loss_fn.to(device)
-    optimizer = make_optimizer(list(model.parameters()) + list(loss_fn.parameters()), config.lr)
-    schedule = Schedule.scaled(config.epochs, config.lr)
+    network.to(device)
+    losses.to(device)
+    optimizer = make_optimizer(list(network.parameters()) + list(losses.parameters()), config.optimizer, config.lr)
     augment = Augmentation.for_digits() if config.dataset == "digits" else Augmentation.for_images(config.image_size)
+    return Session(config, model_dir, saved, device, image_set, train_rows, classes, labels, sampler, spec, network,
+                   losses, optimizer, grad_scaler(device), Schedule.scaled(config.epochs, config.lr), augment)
 
-    history: list[dict[str, Any]] = []
-    start_epoch, last_eval = 0, None
-    run_dir = new_run_dir(config.workspace, "train")
-    if config.resume:
-        state = torch.load(model_dir / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, last_eval = state["epoch"], state["history"], state.get("last_eval")
-        run_dir = Path(saved.get("run_dir") or run_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
 
+def restore(session: Session) -> tuple[int, list, Any]:
+    """(first epoch to run, history, last evaluation): from the checkpoint with --resume, else a fresh start."""
+    if not session.config.resume:
+        return 0, [], None
+    state = torch.load(session.model_dir / CHECKPOINT_FILE, map_location=session.device, weights_only=True)
+    session.network.load_state_dict(state["model"])
+    session.losses.load_state_dict(state["loss"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        session.scaler.load_state_dict(state["scaler"])
+    return state["epoch"], state["history"], state.get("last_eval")
+
+
+def timed_evaluation(session: Session, epoch: int, timings: dict[str, float]) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = {"epoch": epoch, **evaluate_model(session.network, session.image_set, session.device, session.config.feature)}
+    timings["evaluate"] += time.perf_counter() - started
+    return result
+
+
+def train(config: TrainConfig, progress: Callable | None = None, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) a model as ``config`` says; returns the result object that ``--json`` prints.
+
+    ``progress(stage, done, total, loss=...)`` is called after every batch.
+    """
+    from retrieval.runs import write_run
+    from retrieval.workspace import new_run_dir
+
+    progress = progress or no_progress
+    warn = warn or (lambda message: print(f"retrieve: warning: {message}", file=sys.stderr))
+    config = config.with_defaults()
+    session = prepare(config, warn)
+    start_epoch, history, last_eval = restore(session)
+    saved = session.saved
+    run_dir = Path(saved.get("run_dir")) if config.resume and saved.get("run_dir") else new_run_dir(config.workspace, "train")
+    session.model_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     timings = {"train": 0.0, "evaluate": 0.0}
     initial_eval = saved.get("initial_evaluation") if config.resume and saved else None
     if config.eval_every and start_epoch == 0:
-        # the untrained network's numbers, so that a run shows what training added.
-        t0 = time.perf_counter()
-        initial_eval = {"epoch": 0, **evaluate_model(model, image_set, device)}
-        timings["evaluate"] += time.perf_counter() - t0
+        initial_eval = timed_evaluation(session, 0, timings)  # the untrained network: what training added
+    result = None
     for epoch in range(start_epoch, config.epochs):
-        row = run_epoch(model, loss_fn, optimizer, schedule, sampler, image_set, train_rows, labels, augment, device,
-                        epoch, config, progress)
+        row = run_epoch(session.network, session.losses, session.optimizer, session.scaler, session.schedule,
+                        session.sampler, session.image_set, session.train_rows, session.labels, session.augment,
+                        session.device, epoch, config.epochs, config.seed, session.with_kl, config.mutual_weight,
+                        progress)
         timings["train"] += row["seconds"]
         if not np.isfinite(row["loss"]):
             raise RetrieveError(f"epoch {epoch + 1}: the loss is not finite ({row['loss']}); lower --lr")
@@ -289,73 +375,17 @@ def train(config: TrainConfig, progress: Callable[[str, int, int], None] | None 
             warnings.append(message)
             warn(message)
         row.update({"mAP": None, "rank-1": None})
-        if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            t0 = time.perf_counter()
-            last_eval = {"epoch": epoch + 1, **evaluate_model(model, image_set, device)}
-            timings["evaluate"] += time.perf_counter() - t0
+        last = epoch + 1 == config.epochs
+        if config.eval_every and ((epoch + 1) % config.eval_every == 0 or last):
+            last_eval = timed_evaluation(session, epoch + 1, timings)
             row.update({"mAP": last_eval["mAP"], "rank-1": last_eval["rank-1"]})
         history.append(row)
-        save_epoch(model_dir, model, loss_fn, optimizer, history, config, spec, classes, run_dir, initial_eval, last_eval)
-        result = train_result(config, model_dir, run_dir, image_set, train_rows, classes, device, history, last_eval, warnings)
-        result["initial_evaluation"] = initial_eval
+        if (epoch + 1) % config.save_every == 0 or last:
+            save_epoch(session.model_dir, session.network, session.losses, session.optimizer, history, config,
+                       session.spec, session.classes, run_dir, initial_eval, last_eval, session.scaler)
+        result = train_result(session, run_dir, history, last_eval, warnings, initial_eval)
         write_run(run_dir, run_record(config, result, timings), run_tables(history, last_eval))
-    if start_epoch >= config.epochs:
-        result = train_result(config, model_dir, run_dir, image_set, train_rows, classes, device, history, last_eval, warnings)
-        result["initial_evaluation"] = initial_eval
-    return result
-
-
-def prefetched(items: list, load: Callable):
-    """Yield ``load(item)`` for each item, loading the next one in a background thread meanwhile.
-
-    One worker thread, in order: the augmentation generator is still drawn from sequentially,
-    so the batches are the same as without prefetching.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        future = pool.submit(load, items[0])
-        for nxt in items[1:]:
-            current = future.result()
-            future = pool.submit(load, nxt)
-            yield current
-        yield future.result()
-
-
-def run_epoch(model, loss_fn, optimizer, schedule, sampler, image_set, train_rows, labels, augment, device,
-              epoch: int, config: TrainConfig, progress) -> dict[str, Any]:
-    """One epoch of PK batches; returns the epoch's row (mean losses and mining statistics, timing)."""
-    sampler.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # augmentations, on the CPU
-    model.train()
-    batches = sampler.batches()
-    sums: dict[str, float] = {}
-    started = time.perf_counter()
-    rate = schedule.lr(epoch, 0, len(batches))
-    def load(batch):
-        return augment(image_set.load(train_rows[np.asarray(batch)]), gen)
-
-    for step, (batch, images) in enumerate(zip(batches, prefetched(batches, load))):
-        rate = schedule.lr(epoch, step, len(batches))
-        set_lr(optimizer, rate)
-        images = images.to(device)
-        target = torch.from_numpy(labels[np.asarray(batch)]).to(device)
-        pre, _post, logits = model(images)
-        total, parts = loss_fn(pre, logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        values = {"loss": float(total.detach()), **{f"loss_{k}": float(v.detach()) for k, v in parts.items()},
-                  **mining_statistics(pre.detach(), target, MARGIN)}
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value
-        progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    return epoch_row(epoch + 1, rate, sums, len(batches), seconds, sum(len(b) for b in batches))
+    return result or train_result(session, run_dir, history, last_eval, warnings, initial_eval)
 
 
 def collapse_warning(row: dict[str, Any]) -> str | None:
@@ -368,9 +398,10 @@ def collapse_warning(row: dict[str, Any]) -> str | None:
 
 
 def save_epoch(model_dir: Path, model, loss_fn, optimizer, history, config: TrainConfig, spec, classes, run_dir,
-               initial_eval=None, last_eval=None) -> None:
+               initial_eval=None, last_eval=None, scaler=None) -> None:
     atomic_save(
         {"model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+         "scaler": None if scaler is None or not scaler.is_enabled() else scaler.state_dict(),
          "epoch": history[-1]["epoch"], "history": history, "last_eval": last_eval},
         model_dir / CHECKPOINT_FILE,
     )
@@ -379,10 +410,11 @@ def save_epoch(model_dir: Path, model, loss_fn, optimizer, history, config: Trai
                      if k not in ("model_dir", "resume", "command", "extra", "workspace")}
     atomic_write_json(
         {
-            "format_version": 1,
+            "format_version": FORMAT_VERSION,
             "name": model_name(config),
             "model": spec,
-            "feat_dim": model.feat_dim,
+            "feature": config.feature,
+            "feat_dims": model.peers[0].dims(),
             "classes": [int(c) for c in classes],
             "train": train_options,
             "epochs_done": history[-1]["epoch"],
@@ -394,8 +426,14 @@ def save_epoch(model_dir: Path, model, loss_fn, optimizer, history, config: Trai
 
 
 def model_name(config: TrainConfig) -> str:
+    """e.g. ``small-cnn-w16 pool=avg triplet:batch-hard (digits)``, with head, parts and peers when set."""
     arch = config.backbone if config.backbone == "small-cnn" else f"resnet{config.depth}"
-    return f"{arch}-w{config.width} {config.loss} ({config.dataset or config.layout})"
+    extras = [f"pool={config.pool}"]
+    extras += [] if config.head == "none" else [f"head={config.head}{config.head_dim}"]
+    extras += [] if not config.parts else [f"parts={config.parts}"]
+    weight = "" if config.mutual_weight == 1 else f"x{config.mutual_weight:g}"
+    extras += [] if config.mutual == 1 else [f"mutual={config.mutual}{weight}"]
+    return f"{arch}-w{config.width} {' '.join(extras)} {config.loss} ({config.dataset or config.layout})"
 
 
 def read_model_config(model_dir: Path | str) -> dict[str, Any]:
@@ -406,24 +444,29 @@ def read_model_config(model_dir: Path | str) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RetrieveError(f"{path}: not valid JSON ({exc})") from None
-    if config.get("format_version") != 1 or "model" not in config:
+    if config.get("format_version") not in (1, FORMAT_VERSION) or "model" not in config:
         raise RetrieveError(f"{path}: not a model configuration written by retrieve train")
     return config
 
 
-def train_result(config, model_dir, run_dir, image_set, train_rows, classes, device, history, last_eval, warnings) -> dict[str, Any]:
+def train_result(session: Session, run_dir, history, last_eval, warnings, initial_eval) -> dict[str, Any]:
+    config = session.config
     return {
-        "model_dir": str(model_dir),
+        "model_dir": str(session.model_dir),
         "run_dir": str(run_dir),
         "data": config.dataset or config.layout,
         "model": model_name(config),
         "loss": config.loss,
-        "device": device.type,
-        "num_classes": len(classes),
-        "num_train_images": int(len(train_rows)),
+        "feature": config.feature,
+        "peers": config.mutual,
+        "parts": config.parts,
+        "device": session.device.type,
+        "num_classes": len(session.classes),
+        "num_train_images": int(len(session.train_rows)),
         "epochs_done": history[-1]["epoch"] if history else 0,
         "last_epoch": history[-1] if history else None,
         "evaluation": last_eval,
+        "initial_evaluation": initial_eval,
         "warnings": warnings,
     }
 
@@ -457,34 +500,3 @@ def run_tables(history, last_eval) -> dict[str, pa.Table]:
             "metric_distance": ["euclidean"] * len(names),
         })
     return tables
-
-
-def embed_to_file(model_dir, out, dataset=None, layout=None, root=None, feature="post-bn", device="auto",
-                  batch_size: int = 256, progress=None) -> dict[str, Any]:
-    """Embed every image of a data source with a trained model and write an embeddings file."""
-    from retrieval.data.store import write_embeddings
-
-    saved = read_model_config(model_dir)
-    spec = saved["model"]
-    dev = resolve_device(device)
-    model = build_model(spec)
-    weights = Path(model_dir) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise RetrieveError(f"{model_dir}: no {WEIGHTS_FILE}")
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model.to(dev)
-    image_set = load_image_set(dataset, layout, root, spec["image_size"], saved["train"].get("seed", 0))
-    if image_set.channels != spec["in_channels"]:
-        raise RetrieveError(f"{model_dir}: the model takes {spec['in_channels']}-channel images, {image_set.name} has {image_set.channels}")
-    rows = np.arange(len(image_set))
-    parts = []
-    for start in range(0, len(rows), batch_size):
-        parts.append(embed_rows(model, image_set, rows[start : start + batch_size], dev, feature, batch_size))
-        if progress:
-            progress("embed", min(start + batch_size, len(rows)), len(rows))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, saved["feat_dim"]), np.float32)
-    camid = None if image_set.camid is None else pa.array(image_set.camid, pa.int32(), mask=image_set.camid < 0)
-    write_embeddings(out, image_set.ids, vectors, pid=image_set.pid, camid=camid, split=image_set.split,
-                     paths=image_set.path, model=f"{saved['name']} [{feature}]")
-    return {"out": str(out), "rows": int(len(rows)), "dim": int(vectors.shape[1]), "feature": feature,
-            "normalized": True, "model": saved["name"], "device": dev.type}
