@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 GROUP_SIZE = 8  # identities per look-alike group
+FACES_DIFFICULTY = 0.35  # the faces preset: a well-trained face model (people well apart)
 BATCH_ROWS = 50_000
 POSES = 8
 LATENT_DIM = 64
@@ -50,6 +51,17 @@ class Preset:
     # Noise scale at --difficulty 1.0. The index-scale preset models a well-trained model
     # (identities clearly apart), the condition under which approximate indexes are judged.
     base_difficulty: float = 1.0
+    # Fraction of the queries showing people with no gallery image (non-mated probes of 1:N
+    # identification); each such query is an identity of its own, numbered after the gallery's.
+    unenrolled_queries: float = 0.0
+
+    @property
+    def unenrolled(self) -> int:
+        return round(self.queries * self.unenrolled_queries)
+
+    @property
+    def total_identities(self) -> int:
+        return self.identities + self.unenrolled
 
 
 PRESETS: dict[str, Preset] = {
@@ -58,6 +70,10 @@ PRESETS: dict[str, Preset] = {
     "msmt17": Preset("msmt17", 11_659, 82_161, 2_048, 3_060, 15),
     "veri": Preset("veri", 1_678, 11_579, 2_048, 200, 20),
     "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50, base_difficulty=0.25),
+    # FaceNet's other tasks at scale: 1:N identification (half the probes unenrolled) and clustering
+    # of the gallery (10 images of each of 100,000 well-separated people, 128-D).
+    "faces": Preset("faces", 10_000, 1_000_000, 128, 100_000, 10, base_difficulty=FACES_DIFFICULTY,
+                    unenrolled_queries=0.5),
 }
 
 
@@ -82,6 +98,9 @@ def plan_rows(preset: Preset, seed: int) -> RowPlan:
     gallery_pid = rng.permutation(np.resize(np.arange(1, n_ids + 1), n_true))
     gallery_cam = rng.integers(1, n_cams + 1, size=n_true)
     query_pid = rng.permutation(np.resize(np.arange(1, n_ids + 1), preset.queries))
+    if preset.unenrolled:  # people never enrolled, mixed among the others
+        query_pid[: preset.unenrolled] = n_ids + 1 + np.arange(preset.unenrolled)
+        query_pid = rng.permutation(query_pid)
     query_cam = rng.integers(1, n_cams + 1, size=preset.queries)
     query_cam = _cameras_with_a_valid_match(query_pid, query_cam, gallery_pid, gallery_cam, n_cams)
     extra_pid = np.concatenate([np.zeros(n_distractors, np.int64), np.full(n_junk, -1, np.int64)])
@@ -136,10 +155,10 @@ def draw_directions(preset: Preset, seed: int) -> Directions:
     latent = latent_dim(preset.dim)
     basis, _ = np.linalg.qr(rng.standard_normal((preset.dim, latent)))
     basis = basis.astype(np.float32)
-    n_groups = -(-preset.identities // GROUP_SIZE)
+    n_groups = -(-preset.total_identities // GROUP_SIZE)
     groups = _unit_rows(rng, n_groups, latent)
-    own = _unit_rows(rng, preset.identities + 1, latent)
-    group_of = np.r_[0, np.arange(preset.identities) // GROUP_SIZE]
+    own = _unit_rows(rng, preset.total_identities + 1, latent)
+    group_of = np.r_[0, np.arange(preset.total_identities) // GROUP_SIZE]
     centres = 0.6 * groups[group_of] + 0.8 * own
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     return Directions(

@@ -29,6 +29,7 @@ class PresetName(str, Enum):
     msmt17 = "msmt17"
     veri = "veri"
     million = "million"
+    faces = "faces"
 
 
 def _write_table(out: Path, table: pa.Table, model: Optional[str]) -> None:

@@ -1,0 +1,444 @@
+"""1:N identification (protocols.md §6): every probe's candidate list, scored exactly.
+
+Per probe the engine needs four things: its top candidate (identity and score), and for a mated
+probe its mate's score and rank. They come from the distance core's keys (``indexes.distance``:
+smaller = better; cosine key = ‖p̂ − t̂‖² = 2 − 2·cos, euclidean key = ‖p − t‖²):
+
+* an identity's score is its best column's key (``item``: one column per enrolled item;
+  ``mean``: one column per identity, see ``eval.enrolment``);
+* the top candidate is the identity with the smallest score, ties by identity number (= first
+  gallery row);
+* the mate's rank is 1 + the identities scoring better + the tied identities numbered lower.
+
+``score_exhaustive`` walks query blocks of float32 approximations with their error bound B
+(``eval.distances``): the top candidates are among the columns within 2B of a row's approximate
+minimum, the mate's score among its columns within 2B of their approximate minimum, and for the
+rank a column is surely better than the mate's exact score κ when its value is below κ − B,
+surely not when above κ + B; only the columns in between get exact keys. The results are those
+of the exact keys, whatever the block size, kernel or device. ``score_lists`` does the same over
+candidate lists returned by an index (exact keys of the listed pairs; identities outside a list
+are not seen: labelled as top-k candidates everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from retrieval.eval.distances import DistanceBlock, DistanceSource, EmbeddingDistances, block_rows_for
+from retrieval.eval.enrolment import Enrolment, Templates, build_templates, check_pids, enrol
+from retrieval.eval.errors import EvaluationError
+from retrieval.eval.open_set import (
+    DEFAULT_FPIRS,
+    DEFAULT_RANKS,
+    DetCurve,
+    TpirAtFpir,
+    check_fpirs,
+    cmc_from_ranks,
+    det_curve,
+    operating_points,
+    unreachable_warnings,
+)
+from retrieval.indexes.distance import above, below, key_to_distance, normalise
+
+METRICS = ("cosine", "euclidean")
+EXHAUSTIVE = "exhaustive"
+ProgressCallback = Callable[[str, int, int], None]
+
+PER_PROBE_SCHEMA = pa.schema(
+    [
+        ("probe_id", pa.string()),
+        ("pid", pa.int64()),
+        ("mated", pa.bool_()),
+        ("top1_identity", pa.int64()),  # the pid of the top candidate (0: an unknown person's item)
+        ("top1_gallery_id", pa.string()),  # its best gallery item (mean: its first item)
+        ("top1_score", pa.float64()),
+        ("mate_rank", pa.int64()),  # null: non-mated, or (top-k lists) the mate was not listed
+        ("mate_score", pa.float64()),
+    ]
+)
+
+CONVENTIONS = {
+    "enrolment": "junk pids not enrolled; each pid > 0 one identity; each pid-0 gallery item an identity of its own, never a mate",
+    "candidates": "identities ordered by score, ties by the identity's first gallery row",
+    "accept": "cosine: similarity > threshold; euclidean: distance < threshold",
+    "cmc": "closed set, over mated probes: rank of the mate = 1 + identities scoring better + tied identities with an earlier first gallery row",
+    "tpir_at_fpir": "rank-1 criterion; threshold = the non-mated probes' top scores sorted best first, at position floor(f * N_nonmated); no interpolation",
+    "mean_template": "L2-normalised sum of the identity's L2-normalised items, the sum correctly rounded to float32; probes L2-normalised too",
+}
+
+
+# --------------------------------------------------------------------------- per-probe scores
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """Per probe (keys: smaller = better)."""
+
+    top_key: np.ndarray  # (P,) float32 exact key of the top candidate
+    top_column: np.ndarray  # (P,) its best template column (lowest column among ties)
+    top_identity: np.ndarray  # (P,) identity number
+    mate_key: np.ndarray  # (P,) float32; NaN when non-mated (or the mate was not listed)
+    mate_rank: np.ndarray  # (P,) 1-based; 0 when non-mated (or the mate was not listed)
+    refined_pairs: int = 0  # pairs whose exact key was needed (exhaustive mode)
+
+
+def _empty_scores(num_probes: int) -> dict[str, np.ndarray]:
+    return dict(
+        top_key=np.full(num_probes, np.inf, np.float32),
+        top_column=np.full(num_probes, -1, np.int64),
+        top_identity=np.full(num_probes, -1, np.int64),
+        mate_key=np.full(num_probes, np.nan, np.float32),
+        mate_rank=np.zeros(num_probes, np.int64),
+    )
+
+
+class _ColumnsOf:
+    """The template columns of each identity (a CSR layout)."""
+
+    def __init__(self, identity: np.ndarray, num_identities: int) -> None:
+        self.order = np.argsort(identity, kind="stable")
+        self.starts = np.searchsorted(identity[self.order], np.arange(num_identities + 1))
+
+    def columns(self, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(owner, column): every column of identities[owner], grouped by owner in order."""
+        counts = self.starts[identities + 1] - self.starts[identities]
+        owner = np.repeat(np.arange(len(identities)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return owner, self.order[np.repeat(self.starts[identities], counts) + offsets]
+
+
+class _ExactPairs:
+    """Exact keys of chosen (local row, column) pairs of a block, fetched in one call."""
+
+    def __init__(self, block: DistanceBlock, rows: np.ndarray, cols: np.ndarray) -> None:
+        self.width = block.values.shape[1]
+        self.keys = np.unique(rows * self.width + cols)
+        self.values = block.exact(self.keys // self.width, self.keys % self.width)
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.keys, rows * self.width + cols)]
+
+
+def score_exhaustive(source: DistanceSource, identity: np.ndarray, num_identities: int, mate_identity: np.ndarray,
+                     block_rows: int | None = None, progress: ProgressCallback | None = None) -> ProbeScores:
+    """Exact per-probe scores from a source of probe × template-column keys (any block size)."""
+    identity = np.asarray(identity, dtype=np.int64)
+    if len(identity) != source.num_gallery:
+        raise EvaluationError(f"{len(identity)} column identities for {source.num_gallery} template columns")
+    out = _empty_scores(source.num_queries)
+    by_identity = _ColumnsOf(identity, num_identities)
+    refined = 0
+    for block in source.blocks(block_rows or block_rows_for(source.num_gallery)):
+        refined += _score_block(block, identity, num_identities, by_identity, mate_identity, out)
+        if progress is not None:
+            progress("identifying", block.stop, source.num_queries)
+    return ProbeScores(**out, refined_pairs=refined)
+
+
+def _score_block(block, identity, num_identities, by_identity, mate_identity, out) -> int:
+    values, start, stop = block.values, block.start, block.stop
+    bound = np.asarray(block.bound, dtype=np.float64)
+    mates = mate_identity[start:stop]
+    top_r, top_c = np.nonzero(values <= above(values.min(axis=1), 2.0 * bound)[:, None])
+    mate_r, mate_c = _mate_candidates(values, bound, mates, by_identity)
+    exact = _ExactPairs(block, np.concatenate([top_r, mate_r]), np.concatenate([top_c, mate_c]))
+    _store_top(exact.get(top_r, top_c), top_r, top_c, identity, start, out)
+    kappa = np.full(len(mates), np.inf, np.float32)
+    np.minimum.at(kappa, mate_r, exact.get(mate_r, mate_c))
+    mated = mates >= 0
+    rank, refined = _mate_ranks(block, bound, kappa, mates, identity, num_identities)
+    out["mate_key"][start:stop][mated] = kappa[mated]
+    out["mate_rank"][start:stop][mated] = rank[mated]
+    return len(exact.keys) + refined
+
+
+def _mate_candidates(values, bound, mates, by_identity):
+    """(rows, cols) of each mated row's mate columns within 2B of their approximate minimum."""
+    mated = np.flatnonzero(mates >= 0)
+    owner, cols = by_identity.columns(mates[mated])
+    rows = mated[owner]
+    v = values[rows, cols]
+    lowest = np.full(len(mates), np.inf)
+    np.minimum.at(lowest, rows, v)
+    keep = v <= above(lowest[rows], 2.0 * bound[rows])
+    return rows[keep], cols[keep]
+
+
+def _store_top(keys, rows, cols, identity, start, out) -> None:
+    """Each row's best (key, identity, column): its top candidate and that candidate's best column."""
+    order = np.lexsort((cols, identity[cols], keys, rows))
+    first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+    where = start + rows[first]
+    out["top_key"][where] = keys[first]
+    out["top_column"][where] = cols[first]
+    out["top_identity"][where] = identity[cols[first]]
+
+
+def _mate_ranks(block, bound, kappa, mates, identity, num_identities) -> tuple[np.ndarray, int]:
+    """1 + identities (other than the mate) with a column better than κ, or tied at κ and numbered lower."""
+    values = block.values
+    reach = np.where(mates >= 0, above(kappa, bound), -np.inf)
+    rows, cols = np.nonzero(values <= reach[:, None])
+    ident = identity[cols]
+    other = ident != mates[rows]
+    rows, cols, ident = rows[other], cols[other], ident[other]
+    before = values[rows, cols] < below(kappa[rows], bound[rows])
+    unsure = np.flatnonzero(~before)
+    keys = block.exact(rows[unsure], cols[unsure])
+    mine = kappa[rows[unsure]]
+    before[unsure] = (keys < mine) | ((keys == mine) & (ident[unsure] < mates[rows[unsure]]))
+    pairs = np.unique(rows[before] * num_identities + ident[before])
+    return 1 + np.bincount(pairs // num_identities, minlength=len(mates)), len(unsure)
+
+
+def score_lists(keys: np.ndarray, cols: np.ndarray, identity: np.ndarray, mate_identity: np.ndarray) -> ProbeScores:
+    """Per-probe scores over candidate lists: ``keys`` / ``cols`` (P, k) exact keys and template
+    columns (an index's top-k); identities outside a probe's list are not seen."""
+    num_probes, k = cols.shape
+    rows = np.repeat(np.arange(num_probes), k)
+    cols, keys = cols.ravel(), np.asarray(keys, np.float32).ravel()
+    ident = identity[cols]
+    order = np.lexsort((cols, keys, ident, rows))  # each (probe, identity): its best column first
+    first = order[np.r_[True, (rows[order][1:] != rows[order][:-1]) | (ident[order][1:] != ident[order][:-1])]]
+    rows, cols, keys, ident = rows[first], cols[first], keys[first], ident[first]
+    order = np.lexsort((ident, keys, rows))  # the candidate list: by score, ties by identity number
+    rows, cols, keys, ident = rows[order], cols[order], keys[order], ident[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left") + 1
+    out = _empty_scores(num_probes)
+    top = rank == 1
+    out["top_key"][rows[top]], out["top_column"][rows[top]], out["top_identity"][rows[top]] = keys[top], cols[top], ident[top]
+    mate = ident == mate_identity[rows]
+    out["mate_key"][rows[mate]], out["mate_rank"][rows[mate]] = keys[mate], rank[mate]
+    return ProbeScores(**out)
+
+
+# --------------------------------------------------------------------------- the task and its result
+
+
+@dataclass(frozen=True)
+class IdentificationTask:
+    """Probes (junk-pid probes dropped) against enrolled templates under one metric."""
+
+    enrolment: Enrolment
+    templates: Templates
+    metric: str
+    source: EmbeddingDistances  # probe × template-column keys
+    probe_rows: np.ndarray  # (P,) the probes' rows in the input
+    probe_pid: np.ndarray | None  # (P,) or None when the probes carry no pid
+    mate_identity: np.ndarray  # (P,) −1: non-mated (or unknown)
+    probe_ids: np.ndarray  # (P,) strings
+    gallery_ids: np.ndarray  # (G,) strings
+    num_dropped: int  # junk-pid probes
+
+    def to_score(self, keys: np.ndarray) -> np.ndarray:
+        """Keys → reported scores (float64): cosine similarity 1 − key/2, or euclidean distance √key."""
+        distance = key_to_distance(keys, self.metric).astype(np.float64)
+        return 1.0 - distance if self.metric == "cosine" else distance
+
+
+def identification_task(probe_vectors: np.ndarray, gallery_vectors: np.ndarray, probe_pid: np.ndarray | None,
+                        gallery_pid: np.ndarray, *, template: str = "item", metric: str = "cosine",
+                        junk_pids: Iterable[int] = (-1,), probe_ids: np.ndarray | None = None,
+                        gallery_ids: np.ndarray | None = None, device: str = "cpu") -> IdentificationTask:
+    if metric not in METRICS:
+        raise EvaluationError(f"unknown identification metric {metric!r}; expected one of {', '.join(METRICS)}")
+    enrolment = enrol(gallery_pid, junk_pids)
+    if enrolment.num_identities == 0:
+        raise EvaluationError("no identity is enrolled: every gallery item has a junk pid")
+    probes = np.asarray(probe_vectors, dtype=np.float32)
+    probe_ids = _ids(probe_ids, len(probes), "p")
+    rows = np.arange(len(probes))
+    if probe_pid is not None:
+        probe_pid = check_pids(probe_pid, enrolment.junk_pids, "probe")
+        if len(probe_pid) != len(probes):
+            raise EvaluationError(f"probe pid has {len(probe_pid)} entries for {len(probes)} probes")
+        rows = np.flatnonzero(~np.isin(probe_pid, enrolment.junk_pids))
+        probe_pid = probe_pid[rows]
+    if len(rows) == 0:
+        raise EvaluationError("no probes to identify (every probe has a junk pid)")
+    templates = build_templates(np.asarray(gallery_vectors, dtype=np.float32), enrolment, template)
+    probes = probes[rows] if len(rows) < len(probes) else probes
+    if template == "mean" and metric == "euclidean":
+        probes = normalise(probes, "probes")  # templates are unit vectors: compare directions with directions
+    source = EmbeddingDistances(probes, templates.vectors, metric=metric, device=device)
+    mate = enrolment.mate_identity(probe_pid) if probe_pid is not None else np.full(len(rows), -1, np.int64)
+    return IdentificationTask(enrolment, templates, metric, source, rows, probe_pid, mate, probe_ids[rows],
+                              _ids(gallery_ids, enrolment.num_gallery, "g"), len(probe_ids) - len(rows))
+
+
+def _ids(ids, count: int, prefix: str) -> np.ndarray:
+    if ids is None:
+        return np.array([f"{prefix}{i}" for i in range(count)], dtype=object)
+    ids = np.asarray(ids, dtype=object)
+    if len(ids) != count:
+        raise EvaluationError(f"{len(ids)} ids given for {count} items")
+    return ids
+
+
+@dataclass(frozen=True)
+class IdentificationResult:
+    """Everything ``retrieve identify`` reports (fractions, not percent)."""
+
+    template: str
+    metric: str
+    candidates: str  # "exhaustive" or "index top-k (k=…)"
+    num_probes: int
+    num_mated: int | None  # None: the probes carry no pid
+    num_nonmated: int | None
+    num_identities: int
+    num_gallery: int
+    num_dropped_probes: int
+    cmc: np.ndarray | None  # cmc[i] = rank-(i+1), over mated probes
+    ranks: tuple[int, ...]
+    tpir_at_fpir: dict[str, TpirAtFpir] | None
+    det: DetCurve | None
+    per_probe: pa.Table = field(repr=False)
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def rank(self, k: int) -> float:
+        if self.cmc is None or not 1 <= k <= len(self.cmc):
+            raise EvaluationError(f"CMC rank-{k} is not available")
+        return float(self.cmc[k - 1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` keys."""
+        return {
+            "protocol": "identification",
+            "template": self.template,
+            "metric": self.metric,
+            "candidates": self.candidates,
+            "num_probes": self.num_probes,
+            "num_mated": self.num_mated,
+            "num_nonmated": self.num_nonmated,
+            "num_identities": self.num_identities,
+            "num_gallery": self.num_gallery,
+            "num_dropped_probes": self.num_dropped_probes,
+            "cmc": None if self.cmc is None else {str(k): _finite(self.cmc[k - 1]) for k in self.ranks},
+            "tpir_at_fpir": None if self.tpir_at_fpir is None else
+            {label: point.to_dict() for label, point in self.tpir_at_fpir.items()},
+            "notes": list(self.notes),
+            "conventions": CONVENTIONS,
+            "warnings": list(self.warnings),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def summarise(task: IdentificationTask, scores: ProbeScores, *, fpirs: Sequence[float] = DEFAULT_FPIRS,
+              ranks: Sequence[int] = DEFAULT_RANKS, candidates: str = EXHAUSTIVE) -> IdentificationResult:
+    """CMC, TPIR@FPIR, the DET curve and the per-probe table from per-probe scores."""
+    ranks = _check_ranks(ranks)
+    fpirs = check_fpirs(fpirs)
+    notes: list[str] = []
+    cmc = points = det = None
+    num_mated = num_nonmated = None
+    warnings: list[str] = []
+    mated = task.mate_identity >= 0
+    if task.probe_pid is None:
+        notes.append("the probes carry no pid: CMC, TPIR@FPIR and the DET curve are skipped (candidate lists only)")
+    else:
+        num_mated, num_nonmated = int(mated.sum()), int((~mated).sum())
+        hit = mated & (scores.mate_rank == 1)
+        cmc = cmc_from_ranks(scores.mate_rank[mated], max(max(ranks), 50))
+        points, why = operating_points(scores.mate_key[hit], scores.top_key[~mated], num_mated, fpirs, task.to_score)
+        if why:
+            notes.append(why)
+        det = det_curve(scores.mate_key[hit], scores.top_key[~mated], num_mated, task.to_score)
+        warnings += unreachable_warnings(points, num_nonmated)
+        missing = int((mated & (scores.mate_rank == 0)).sum())
+        if missing:
+            notes.append(f"{missing} mated probes' mates are not in their top-k candidate lists (counted as misses)")
+    return IdentificationResult(
+        template=task.templates.name, metric=task.metric, candidates=candidates,
+        num_probes=len(task.probe_rows), num_mated=num_mated, num_nonmated=num_nonmated,
+        num_identities=task.enrolment.num_identities, num_gallery=task.enrolment.num_gallery,
+        num_dropped_probes=task.num_dropped, cmc=cmc, ranks=ranks, tpir_at_fpir=points, det=det,
+        per_probe=per_probe_table(task, scores), notes=tuple(notes), warnings=tuple(warnings),
+    )
+
+
+def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
+    ranks = tuple(int(k) for k in ranks)
+    if not ranks or min(ranks) < 1:
+        raise EvaluationError(f"CMC ranks must be positive integers, got {list(ranks)}")
+    return ranks
+
+
+def per_probe_table(task: IdentificationTask, scores: ProbeScores) -> pa.Table:
+    mated = task.mate_identity >= 0
+    has_pid = task.probe_pid is not None
+    found = mated & (scores.mate_rank > 0)
+    top_rows = task.templates.gallery_row[scores.top_column]
+    return pa.table(
+        {
+            "probe_id": pa.array(task.probe_ids.astype(str), pa.string()),
+            "pid": pa.array(task.probe_pid, pa.int64()) if has_pid else pa.nulls(len(mated), pa.int64()),
+            "mated": pa.array(mated) if has_pid else pa.nulls(len(mated), pa.bool_()),
+            "top1_identity": pa.array(task.enrolment.identity_pid[scores.top_identity], pa.int64()),
+            "top1_gallery_id": pa.array(task.gallery_ids[top_rows].astype(str), pa.string()),
+            "top1_score": pa.array(task.to_score(scores.top_key), pa.float64()),
+            "mate_rank": pa.array(scores.mate_rank, pa.int64(), mask=~found),
+            "mate_score": pa.array(task.to_score(np.nan_to_num(scores.mate_key, nan=0.0)), pa.float64(), mask=~found),
+        },
+        schema=PER_PROBE_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------- the doors
+
+
+def identify(probe_vectors: np.ndarray, gallery_vectors: np.ndarray, probe_pid: np.ndarray | None,
+             gallery_pid: np.ndarray, *, template: str = "item", metric: str = "cosine",
+             fpirs: Sequence[float] = DEFAULT_FPIRS, ranks: Sequence[int] = DEFAULT_RANKS,
+             junk_pids: Iterable[int] = (-1,), probe_ids: np.ndarray | None = None,
+             gallery_ids: np.ndarray | None = None, candidate_rows: np.ndarray | None = None,
+             device: str = "cpu", block_rows: int | None = None,
+             progress: ProgressCallback | None = None) -> IdentificationResult:
+    """1:N identification of every probe against the enrolled gallery (protocols §6).
+
+    ``candidate_rows`` (P_all, k): gallery rows listed for every probe by an index (its top-k,
+    in any order; junk rows are ignored): scored over those lists only (``item`` template), and
+    labelled ``index top-k`` in the result. Without it every template is scored (exhaustive).
+    """
+    task = identification_task(probe_vectors, gallery_vectors, probe_pid, gallery_pid, template=template,
+                               metric=metric, junk_pids=junk_pids, probe_ids=probe_ids, gallery_ids=gallery_ids,
+                               device=device)
+    if candidate_rows is None:
+        scores = score_exhaustive(task.source, task.templates.identity, task.enrolment.num_identities,
+                                  task.mate_identity, block_rows, progress)
+        return summarise(task, scores, fpirs=fpirs, ranks=ranks)
+    scores, k = score_candidate_rows(task, candidate_rows)
+    return summarise(task, scores, fpirs=fpirs, ranks=ranks, candidates=f"index top-k (k={k})")
+
+
+def score_candidate_rows(task: IdentificationTask, candidate_rows: np.ndarray) -> tuple[ProbeScores, int]:
+    """Scores over an index's gallery-row lists (item template), exact keys of the listed pairs."""
+    if task.templates.name != "item":
+        raise EvaluationError("index candidate lists hold gallery items: use the item template with --index")
+    candidate_rows = np.asarray(candidate_rows, dtype=np.int64)
+    num_gallery = task.enrolment.num_gallery
+    if candidate_rows.ndim != 2 or len(candidate_rows) < int(task.probe_rows.max(initial=-1)) + 1:
+        raise EvaluationError(f"candidate lists must be (probes, k) gallery rows, got shape {candidate_rows.shape}")
+    if candidate_rows.size and (candidate_rows.min() < 0 or candidate_rows.max() >= num_gallery):
+        raise EvaluationError(f"candidate lists hold gallery rows outside 0..{num_gallery - 1} (missing results?)")
+    lists = candidate_rows[task.probe_rows]
+    column_of_row = np.full(num_gallery, -1, np.int64)
+    column_of_row[task.enrolment.rows] = np.arange(len(task.enrolment.rows))
+    cols = column_of_row[lists]
+    lists_k = cols.shape[1]
+    # junk rows are not enrolled: each is replaced by the probe's first listed enrolled column (a repeat changes nothing)
+    enrolled = cols >= 0
+    if not enrolled.any(axis=1).all():
+        raise EvaluationError("a probe's candidate list holds only junk gallery items; search with a larger k")
+    first = cols[np.arange(len(cols)), np.argmax(enrolled, axis=1)]
+    cols = np.where(enrolled, cols, first[:, None])
+    rows = np.repeat(np.arange(len(cols)), lists_k)
+    keys = task.source.exact(rows, cols.ravel()).reshape(cols.shape)
+    return score_lists(keys, cols, task.templates.identity, task.mate_identity), lists_k
