@@ -1,6 +1,6 @@
 """Getting embeddings in: .npy/.npz, MATLAB .mat exports, CSV/TSV manifests + vectors, PyTorch .pt.
 
-Each importer returns an Arrow table in the embeddings format (``data.store.embeddings_table``);
+Each importer returns an Arrow table in the embeddings format (``data.writer.embeddings_table``);
 the caller validates and writes it.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.data.errors import DataError
-from retrieval.data.store import embeddings_table
+from retrieval.data.writer import embeddings_table
 
 # The keys the common re-ID baselines write into their .mat feature exports.
 MAT_SPLIT_KEYS = {

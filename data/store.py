@@ -1,19 +1,19 @@
-"""Read, validate, stream and write embeddings files (the Parquet format of ``data.schema``).
+"""Read and validate embeddings files (the Parquet format of ``data.schema``) as typed arrays.
 
 Every problem with a file raises ``DataError`` with one line naming the file, the
 column and the offending rows (first few ids and a count). Float64/float16 vectors and
 variable-length lists of one common length are converted to the canonical type, with
 a note in ``Embeddings.notes`` instead of an error.
+
+The content hash lives in ``data.hashing`` and writing in ``data.writer``; their public names
+stay importable from here (``write_embeddings``, ``EmbeddingsWriter``, ...) for existing code.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,51 +21,9 @@ import pyarrow.parquet as pq
 
 from retrieval.data import schema
 from retrieval.data.errors import DataError
+from retrieval.data.hashing import ContentHasher, content_hash  # noqa: F401  (public here too)
 
 SHOW_FIRST = 5  # how many offending ids an error message lists
-
-
-# --------------------------------------------------------------------------- content hash
-
-
-class ContentHasher:
-    """SHA-256 of the ids and vectors of a file, in row order, independent of batch boundaries.
-
-    Three streams are hashed separately and combined: the ids' UTF-8 byte lengths
-    (uint32 little-endian), the ids' bytes, and the vectors as float32 little-endian.
-    The digest is ``sha256("retrieve-content-v1" | dim | lengths | bytes | vectors)``
-    over the three stream digests, so it identifies the data, not the Parquet layout.
-    """
-
-    def __init__(self) -> None:
-        self._lengths = hashlib.sha256()
-        self._chars = hashlib.sha256()
-        self._vectors = hashlib.sha256()
-        self._dim: int | None = None
-        self.rows = 0
-
-    def update(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        encoded = [str(i).encode("utf-8") for i in ids]
-        self._lengths.update(np.asarray([len(e) for e in encoded], dtype="<u4").tobytes())
-        self._chars.update(b"".join(encoded))
-        self._vectors.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        self._dim = int(vectors.shape[1]) if vectors.ndim == 2 else self._dim
-        self.rows += len(encoded)
-
-    def hexdigest(self) -> str:
-        final = hashlib.sha256(b"retrieve-content-v1")
-        final.update(str(self._dim or 0).encode())
-        for part in (self._lengths, self._chars, self._vectors):
-            final.update(part.digest())
-        return final.hexdigest()
-
-
-def content_hash(ids: Sequence[str], vectors: np.ndarray) -> str:
-    """The content hash of ids + vectors (see ``ContentHasher``)."""
-    hasher = ContentHasher()
-    hasher.update(ids, vectors)
-    return hasher.hexdigest()
-
 
 # --------------------------------------------------------------------------- the typed object
 
@@ -375,135 +333,14 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
         raise DataError(f"{path}: {what}")
 
 
-# --------------------------------------------------------------------------- writing
+# Writing lives in data.writer; these names are looked up there on first use (no import cycle).
+_WRITER_NAMES = ("embeddings_table", "canonical_table", "with_metadata", "write_parquet_atomically",
+                 "write_embeddings", "EmbeddingsWriter")
 
 
-def _creator() -> str:
-    # The installed distribution's version: data/ imports nothing from the layers above it.
-    from importlib.metadata import PackageNotFoundError, version
+def __getattr__(name: str):
+    if name in _WRITER_NAMES:
+        from retrieval.data import writer
 
-    try:
-        return f"retrieve {version('retrieve')}"
-    except PackageNotFoundError:
-        return "retrieve"
-
-
-def embeddings_table(ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None, paths=None,
-                     extra: pa.Table | dict | None = None) -> pa.Table:
-    """Build an Arrow table in the embeddings format (no metadata)."""
-    vectors = np.asarray(vectors)
-    if vectors.dtype not in (np.float16, np.float32, np.float64):
-        vectors = vectors.astype(np.float32)  # integers and the like: validation names float types only
-    if vectors.ndim != 2:
-        raise DataError(f"vectors must be a 2-D matrix, got shape {vectors.shape}")
-    n, dim = vectors.shape
-    columns: dict[str, pa.Array] = {
-        schema.ID: pa.array([str(i) for i in ids], type=pa.string()),
-        # Kept in its float type here so that validation can note a conversion; see canonical_table.
-        schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).reshape(-1)), dim),
-    }
-    if len(columns[schema.ID]) != n:
-        raise DataError(f"{len(columns[schema.ID])} ids for {n} vectors")
-    optional = {schema.PID: pid, schema.CAMID: camid, schema.SPLIT: split, schema.PATH: paths}
-    for name, values in optional.items():
-        if values is None:
-            continue
-        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(
-            values.tolist() if isinstance(values, np.ndarray) else list(values))
-        columns[name] = array.cast(schema.COLUMN_TYPES[name])
-        if len(columns[name]) != n:
-            raise DataError(f"column '{name}' has {len(columns[name])} values for {n} rows")
-    table = pa.table(columns)
-    if extra is not None:
-        extra_table = extra if isinstance(extra, pa.Table) else pa.table(extra)
-        for name in extra_table.column_names:
-            table = table.append_column(name, extra_table.column(name))
-    return table
-
-
-def canonical_table(table: pa.Table, emb: Embeddings) -> pa.Table:
-    """The table with its embedding column as validated float32 fixed-size lists."""
-    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.vectors.reshape(-1), type=pa.float32()), emb.dim)
-    return table.set_column(table.column_names.index(schema.EMBEDDING), schema.EMBEDDING, column)
-
-
-def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None) -> pa.Table:
-    meta = dict(table.schema.metadata or {})
-    meta.update({
-        schema.META_FORMAT_VERSION.encode(): schema.FORMAT_VERSION.encode(),
-        schema.META_DIM.encode(): str(dim).encode(),
-        schema.META_NORMALIZED.encode(): str(bool(normalized)).lower().encode(),
-        schema.META_MODEL.encode(): (model or "").encode(),
-        schema.META_CREATOR.encode(): _creator().encode(),
-    })
-    return table.replace_schema_metadata(meta)
-
-
-def atomic_output(path: Path) -> Path:
-    """A temporary path beside ``path``; rename it into place with ``os.replace`` once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: int | None = None) -> Path:
-    """Write a Parquet file under a temporary name and rename it into place (never half-written)."""
-    path = Path(path)
-    tmp = atomic_output(path)
-    try:
-        pq.write_table(table, tmp, row_group_size=row_group_rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_embeddings(path: Path | str, ids: Sequence[str], vectors: np.ndarray, pid=None, camid=None, split=None,
-                     paths=None, extra: pa.Table | dict | None = None, model: str | None = None,
-                     row_group_rows: int | None = None) -> Path:
-    """Write an embeddings file atomically (validated first, so a bad input never lands on disk)."""
-    path = Path(path)
-    table = embeddings_table(ids, vectors, pid, camid, split, paths, extra)
-    emb = embeddings_from_table(table, path)
-    table = with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model)
-    return write_parquet_atomically(table, path, row_group_rows)
-
-
-class EmbeddingsWriter:
-    """Write an embeddings file batch by batch (for files larger than memory), atomically on close."""
-
-    def __init__(self, path: Path | str, dim: int, model: str | None = None, normalized: bool = True,
-                 with_columns: Iterable[str] = (schema.PID, schema.CAMID, schema.SPLIT)) -> None:
-        self.path = Path(path)
-        fields = [pa.field(schema.ID, pa.string()), pa.field(schema.EMBEDDING, schema.embedding_type(dim))]
-        fields += [pa.field(c, schema.COLUMN_TYPES[c]) for c in with_columns]
-        self.schema = with_metadata(pa.schema(fields).empty_table(), dim, normalized, model).schema
-        self._tmp = atomic_output(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema)
-        self.rows = 0
-
-    def write(self, ids, vectors, **columns) -> None:
-        table = embeddings_table(ids, np.asarray(vectors, dtype=np.float32),
-                                 **{k: v for k, v in columns.items() if k != "extra"})
-        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
-        self.rows += table.num_rows
-
-    def close(self) -> Path:
-        self._writer.close()
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "EmbeddingsWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

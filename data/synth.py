@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from retrieval.common.progress import ProgressCallback
 
 GROUP_SIZE = 8  # identities per look-alike group
 FACES_DIFFICULTY = 0.35  # the faces preset: a well-trained face model (people well apart)
@@ -196,16 +197,19 @@ def row_ids(split: np.ndarray, start: int, queries: int) -> list[str]:
 
 
 def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: float = 1.0,
-             batch_rows: int = BATCH_ROWS, progress: Callable[[str, int, int], None] | None = None) -> Path:
-    """Write a synthetic embeddings file for a preset (streamed in batches, atomically)."""
-    from retrieval.data.store import EmbeddingsWriter
+             batch_rows: int = BATCH_ROWS, progress: ProgressCallback | None = None, *,
+             overwrite: bool = True) -> Path:
+    """Write a synthetic embeddings file for a preset (streamed in batches, atomically).
+
+    ``overwrite=False`` refuses an existing file (``retrieval.common.atomic``)."""
+    from retrieval.data.writer import EmbeddingsWriter
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     plan = plan_rows(preset, seed)
     directions = draw_directions(preset, seed)
     split_names = np.array(["query", "gallery"], dtype=object)
     with EmbeddingsWriter(out_path, preset.dim, model=f"synthetic:{preset.name}:seed={seed}:difficulty={difficulty}",
-                          normalized=True) as writer:
+                          normalized=True, overwrite=overwrite) as writer:
         for batch, start in enumerate(range(0, len(plan), batch_rows)):
             stop = min(start + batch_rows, len(plan))
             rng = np.random.default_rng([seed, 2, batch])

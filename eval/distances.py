@@ -24,7 +24,8 @@ import numpy as np
 
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name  # noqa: F401
-from retrieval.indexes.errors import FaissIndexError, few
+from retrieval.common.text import few
+from retrieval.indexes.errors import FaissIndexError
 
 # Distances held at once per block (float32): block rows are chosen so that one block fits.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024

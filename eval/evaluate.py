@@ -9,7 +9,7 @@ ties ordered by gallery row (a stable sort), queries without a valid match skipp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +26,8 @@ from retrieval.eval.distances import DistanceSource, block_rows_for
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
 from retrieval.eval.ranking import match_ranks, ranked_list_match_ranks
+from retrieval.common.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 
 # Top-k mode: what AP@k divides by (see evaluate_topk).
 TOPK_AP_DENOMINATORS = ("in-list", "min-r-k")

@@ -28,7 +28,7 @@ with exact keys (``DistanceBlock``), so re-ranked ranks and metrics are exact to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,8 +37,8 @@ from retrieval.eval.distances import DistanceBlock
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, normalise
 from retrieval.indexes.knn import exact_knn, exact_knn_between
+from retrieval.common.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 
 DISTANCES = ("squared", "toolkit")
 METRICS = ("euclidean", "sqeuclidean", "cosine")

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from retrieval.eval.errors import EvaluationError
-from retrieval.indexes.errors import few
+from retrieval.common.text import few
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3)
 

@@ -10,7 +10,7 @@ TAR@FAR order statistic) are kept and sorted. See ``BinnedImpostors``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,13 +18,9 @@ from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import same_identity
 from retrieval.eval.roc import DEFAULT_FARS, accepted_impostor_budget, check_fars, roc_metrics_from
 from retrieval.eval.verification import VerificationResult
-from retrieval.indexes.errors import few
+from retrieval.common.text import few
+from retrieval.common.progress import ProgressCallback, no_progress
 
-ProgressCallback = Callable[[str, int, int], None]
-
-
-def _no_progress(stage: str, done: int, total: int) -> None:
-    return None
 
 
 class MonotoneBinner:
@@ -193,7 +189,7 @@ def query_gallery_verification(
     distances and the kept impostors.
     """
     fars = check_fars(fars)
-    progress = progress or _no_progress
+    progress = progress or no_progress
     num_queries, num_gallery = source.num_queries, source.num_gallery
     if (num_queries, num_gallery) != (labels.num_queries, labels.num_gallery):
         raise EvaluationError(

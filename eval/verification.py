@@ -28,7 +28,7 @@ from retrieval.eval.roc import (  # noqa: F401
     roc_metrics,
 )
 from retrieval.indexes.distance import Metric, exact_pair_keys, key_to_distance, normalise
-from retrieval.indexes.errors import few
+from retrieval.common.text import few
 
 DISTANCES = ("sqeuclidean", "cosine")
 

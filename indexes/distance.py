@@ -35,7 +35,8 @@ from typing import Iterator
 
 import numpy as np
 
-from retrieval.indexes.errors import FaissIndexError, few
+from retrieval.common.text import few
+from retrieval.indexes.errors import FaissIndexError
 
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64

@@ -20,8 +20,8 @@ import numpy as np
 
 from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name
 from retrieval.indexes.errors import FaissIndexError
+from retrieval.common.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 
 _METRICS = (Metric.SQEUCLIDEAN, Metric.EUCLIDEAN, Metric.COSINE)
 _BLOCK_BYTES = 256 * 1024 * 1024  # budget for one block of distances

@@ -1,16 +1,16 @@
 """The functional notebook API: ``retrieval.evaluate(queries, gallery, ...)`` -> ``EvaluationResult``.
 
-It calls the evaluator (``eval.evaluate.evaluate_ranking`` over ``eval.distances.EmbeddingDistances``,
-or over ``eval.rerank.RerankedDistances`` with ``rerank=True``) and wraps the result for notebooks:
-a rich ``_repr_html_`` table, ``.per_query`` / ``.rankings`` as pandas DataFrames (Arrow tables
-when pandas is not installed), ``.plot_cmc()``, ``.to_dict()`` and ``.save()`` (a run folder the
-catalogue sees).
+A door onto the evaluate job (``retrieval.jobs.evaluate``), the same one ``retrieve evaluate``
+uses: this module only turns Python arguments into the job's options and wraps its result for
+notebooks: a rich ``_repr_html_`` table, ``.per_query`` / ``.rankings`` as pandas DataFrames (Arrow
+tables when pandas is not installed), ``.plot_cmc()``, ``.to_dict()`` (the ``--json`` object) and
+``.save()`` (the run folder the CLI would write for the same evaluation).
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,9 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.errors import RetrieveError
+from retrieval.jobs.evaluate import TABLE_RANKS, EvaluateOptions, Evaluation, IndexOptions, RerankOptions
+from retrieval.labels import LabelledVectors, default_protocol, labelled  # noqa: F401  (public here too)
+from retrieval.run_schema import ranking_metric_rows
 
-RERANK_DEFAULTS = {"k1": 20, "k2": 6, "lambda_": 0.3, "distance": "squared"}
-TABLE_RANKS = (1, 5, 10, 20)
+PYTHON_COMMAND = "retrieval.evaluate (Python)"
 
 
 def as_frame(table: pa.Table):
@@ -33,66 +35,40 @@ def as_frame(table: pa.Table):
 
 
 @dataclass(frozen=True)
-class LabelledVectors:
-    """Vectors with the labels evaluation needs (from an ``Embeddings`` object or plain arrays)."""
-
-    vectors: np.ndarray
-    ids: np.ndarray
-    pid: np.ndarray | None
-    camid: np.ndarray | None
-    path: np.ndarray | None = None
-
-
-def labelled(source: Any, pid=None, camid=None, ids=None, name: str = "queries") -> LabelledVectors:
-    """Accept an ``data.store.Embeddings`` (its own labels) or an array with labels given beside it."""
-    if hasattr(source, "vectors") and hasattr(source, "ids"):
-        camid_known = getattr(source, "camid_known", None)
-        source_camid = source.camid if camid_known is None or bool(np.all(camid_known)) else None
-        return LabelledVectors(
-            vectors=np.ascontiguousarray(source.vectors, dtype=np.float32),
-            ids=np.asarray(source.ids, dtype=object),
-            pid=source.pid if pid is None else np.asarray(pid, dtype=np.int64),
-            camid=source_camid if camid is None else np.asarray(camid, dtype=np.int64),
-            path=getattr(source, "path", None),
-        )
-    vectors = np.asarray(source, dtype=np.float32)
-    if vectors.ndim == 1:
-        vectors = vectors[None, :]
-    if vectors.ndim != 2:
-        raise RetrieveError(f"{name}: expected a (rows, dimension) array, got shape {vectors.shape}")
-    ids = np.array([f"{name[0]}{i}" for i in range(len(vectors))], dtype=object) if ids is None else np.asarray(ids, dtype=object)
-    if len(ids) != len(vectors):
-        raise RetrieveError(f"{name}: {len(ids)} ids for {len(vectors)} vectors")
-    return LabelledVectors(
-        vectors=np.ascontiguousarray(vectors),
-        ids=ids,
-        pid=None if pid is None else np.asarray(pid, dtype=np.int64),
-        camid=None if camid is None else np.asarray(camid, dtype=np.int64),
-    )
-
-
-def default_protocol(queries: LabelledVectors, gallery: LabelledVectors) -> str:
-    """market when both sides have cameras; leave-one-out when the queries are gallery items; else no-camera."""
-    if queries.camid is not None and gallery.camid is not None:
-        return "market"
-    if set(queries.ids.tolist()) & set(gallery.ids.tolist()):
-        return "leave-one-out"
-    return "no-camera"
-
-
-@dataclass(frozen=True)
 class EvaluationResult:
-    """The result of one evaluation: final stage (re-ranked when asked) and the plain stage."""
+    """The result of one evaluation (a ``jobs.evaluate.Evaluation``), shaped for notebooks."""
 
-    final: Any  # eval.evaluate.RankingResult
-    plain: Any  # eval.evaluate.RankingResult (the same object when not re-ranked)
-    rerank: dict | None = None  # re-ranking parameters, None when not re-ranked
-    parameters: dict = field(default_factory=dict)
+    evaluation: Evaluation
+    command: str = PYTHON_COMMAND  # recorded in run.json by save()
 
     # --- numbers
     @property
+    def final(self):
+        """The final stage (re-ranked when asked): an ``eval.evaluate.RankingResult``."""
+        return self.evaluation.final
+
+    @property
+    def plain(self):
+        """The plain stage (the same object as ``final`` when not re-ranked)."""
+        return self.evaluation.plain
+
+    @property
+    def rerank(self) -> dict | None:
+        """The re-ranking parameters, None when not re-ranked."""
+        return self.evaluation.rerank_params
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The run's ``parameters`` (what ``save`` records)."""
+        return self.evaluation.parameters()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.evaluation.notes
+
+    @property
     def stages(self) -> list[tuple[str, Any]]:
-        return [("plain", self.plain)] + ([("rerank", self.final)] if self.rerank is not None else [])
+        return [("plain", self.plain)] + ([("rerank", self.final)] if self.evaluation.reranked else [])
 
     @property
     def mAP(self) -> float:
@@ -122,30 +98,16 @@ class EvaluationResult:
 
     def metrics(self) -> list[dict[str, Any]]:
         """One row per metric and stage, as in ``metrics.parquet`` (fractions)."""
-        rows = []
-        for stage, result in self.stages:
-            values = {result.ap_key: result.mAP, "mINP": result.mINP, "mAP_at_R": result.mAP_at_R,
-                      "R_precision": result.R_precision}
-            values.update({f"rank-{k}": result.rank(k) for k in TABLE_RANKS if k <= len(result.cmc)})
-            for name, value in values.items():
-                rows.append({"metric": name, "value": float(value), "stage": stage, "protocol": result.protocol,
-                             "ap_variant": result.ap_variant, "metric_distance": result.metric})
-        return rows
+        ranks = self.evaluation.options.cmc_ranks
+        return [row for stage, result in self.stages for row in ranking_metric_rows(result, stage, ranks)]
 
     def to_dict(self) -> dict[str, Any]:
-        out = self.final.to_dict()
-        if self.rerank is not None:
-            out["rerank"] = dict(self.rerank)
-            out["before_rerank"] = self.plain.to_dict()
-        return out
+        """The ``retrieve evaluate --json`` object of this evaluation (without ``run_dir``)."""
+        return self.evaluation.summary()
 
     # --- tables
     def per_query_table(self) -> pa.Table:
-        table = self.final.per_query
-        if self.rerank is not None:
-            for column in ("ap", "inp", "first_match_rank"):
-                table = table.append_column(f"{column}_before_rerank", self.plain.per_query[column])
-        return table
+        return self.evaluation.tables()["per_query"]
 
     @property
     def per_query(self):
@@ -198,31 +160,53 @@ class EvaluationResult:
         return "\n".join(lines + [self._conventions()])
 
     # --- storage
-    def save(self, workspace: Path | str | None = None, run_dir: Path | str | None = None) -> Path:
-        """Write the result as a run folder (``kind`` evaluate) so that the catalogue and reports see it."""
-        from retrieval.runs import write_run
+    def save(self, workspace: Path | str | None = None, run_dir: Path | str | None = None, *,
+             overwrite: bool = False) -> Path:
+        """Write the run folder (kind ``evaluate``) that ``retrieve evaluate`` writes for this evaluation.
+
+        ``run_dir``: default a new folder in the workspace. An existing run there is refused unless
+        ``overwrite=True`` (as the CLI's ``--overwrite``).
+        """
+        from retrieval.jobs.evaluate import save
+        from retrieval.runs import check_run_target
         from retrieval.workspace import new_run_dir
 
-        target = Path(run_dir) if run_dir is not None else new_run_dir(workspace, "evaluate")
-        curves = []
-        for stage, result in self.stages:
-            curves += [{"curve": "cmc", "stage": stage, "x": float(i + 1), "y": float(v), "threshold": None}
-                       for i, v in enumerate(result.cmc)]
-        record = {
-            "kind": "evaluate",
-            "command": "retrieval.api.evaluate (Python)",
-            "parameters": {**{k: v for k, v in self.parameters.items() if k != "inputs"}, "rerank": self.rerank},
-            "inputs": dict(self.parameters.get("inputs", {})),
-            "result": self.to_dict(),
-        }
-        curve_schema = pa.schema([("curve", pa.string()), ("stage", pa.string()), ("x", pa.float64()),
-                                  ("y", pa.float64()), ("threshold", pa.float64())])
-        return write_run(target, record, {
-            "metrics": pa.Table.from_pylist(self.metrics()),
-            "per_query": self.per_query_table(),
-            "rankings": self.final.rankings,
-            "curves": pa.Table.from_pylist(curves, schema=curve_schema),
-        })
+        target = check_run_target(Path(run_dir) if run_dir is not None else new_run_dir(workspace, "evaluate"),
+                                  overwrite=overwrite)
+        return save(self.evaluation, target, command=self.command, overwrite=overwrite)
+
+
+def evaluation_options(
+    queries: LabelledVectors,
+    gallery: LabelledVectors | None,
+    *,
+    metric: str = "euclidean",
+    protocol: str | None = None,
+    ap_variant: str = "standard",
+    junk_pids: Iterable[int] = (-1,),
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_: float = 0.3,
+    rerank_distance: str = "squared",
+    rerank_exclude_junk: bool = False,
+    max_rank: int = 50,
+    keep_top: int = 100,
+    cmc_mode: str = "multi-gallery-shot",
+    repeats: int = 10,
+    seed: int = 0,
+    ci: float | None = None,
+    device: str = "cpu",
+    block_rows: int | None = None,
+    index: IndexOptions | None = None,
+) -> EvaluateOptions:
+    """The job's options from the notebook's keywords (the protocol defaults to what the data allows)."""
+    return EvaluateOptions(
+        metric=metric, protocol=protocol or default_protocol(queries, gallery), junk_pids=tuple(junk_pids),
+        ap=ap_variant, cmc_ranks=TABLE_RANKS, cmc_mode=cmc_mode, repeats=repeats, seed=seed, device=device, ci=ci,
+        rerank=RerankOptions(k1, k2, lambda_, rerank_distance, rerank_exclude_junk) if rerank else None,
+        index=index, keep_top=keep_top, max_rank=max_rank, block_rows=block_rows,
+    )
 
 
 def evaluate(
@@ -235,54 +219,25 @@ def evaluate(
     *,
     query_ids=None,
     gallery_ids=None,
-    metric: str = "euclidean",
-    protocol: str | None = None,
-    ap_variant: str = "standard",
-    junk_pids: Iterable[int] = (-1,),
-    rerank: bool = False,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_: float = 0.3,
-    rerank_distance: str = "squared",
-    max_rank: int = 50,
-    keep_top: int = 100,
-    device: str = "cpu",
     progress=None,
-    **evaluator_options,
+    **options,
 ) -> EvaluationResult:
     """Evaluate query embeddings against gallery embeddings under a named protocol.
 
     ``query_embeddings`` / ``gallery_embeddings``: ``data.store.Embeddings`` objects (labels taken
     from them) or (n, d) arrays with ``*_pid`` (and ``*_camid``, ``*_ids``) given beside them.
-    ``protocol``: market | no-camera | leave-one-out; default market when both sides have cameras,
-    leave-one-out when the queries are gallery items, else no-camera. ``rerank=True`` adds the
-    k-reciprocal stage (k1, k2, lambda_); the plain stage is kept in the result.
+    Options (``evaluation_options``): ``metric`` (euclidean | sqeuclidean | cosine), ``protocol``
+    (market | no-camera | leave-one-out; default market when both sides have cameras, leave-one-out
+    when the queries are gallery items, else no-camera), ``ap_variant``, ``junk_pids``, ``rerank``
+    (k1, k2, lambda_, rerank_distance, rerank_exclude_junk: the k-reciprocal stage; the plain stage
+    is kept), ``max_rank``, ``keep_top``, ``cmc_mode``, ``repeats``, ``seed``, ``ci``, ``device``
+    (used by every stage, re-ranking included), ``block_rows``.
     """
-    from retrieval.eval.distances import EmbeddingDistances
-    from retrieval.eval.evaluate import evaluate_ranking
+    from retrieval.jobs.evaluate import evaluate as run_evaluation
 
     queries = labelled(query_embeddings, query_pid, query_camid, query_ids, "queries")
     gallery = labelled(gallery_embeddings, gallery_pid, gallery_camid, gallery_ids, "gallery")
     if queries.pid is None or gallery.pid is None:
         raise RetrieveError("evaluation needs identities: give query_pid and gallery_pid (or embeddings with a pid column)")
-    protocol = protocol or default_protocol(queries, gallery)
-    options = dict(
-        protocol=protocol, ap_variant=ap_variant, junk_pids=tuple(junk_pids), query_ids=queries.ids,
-        gallery_ids=gallery.ids, max_rank=max_rank, keep_top=keep_top, progress=progress, **evaluator_options,
-    )
-    labels = (queries.pid, gallery.pid, queries.camid, gallery.camid)
-    plain = evaluate_ranking(
-        EmbeddingDistances(queries.vectors, gallery.vectors, metric=metric, device=device), *labels, metric=metric, **options
-    )
-    parameters = {"metric": metric, "protocol": protocol, "ap_variant": ap_variant, "junk_pids": list(junk_pids),
-                  "max_rank": max_rank, "keep_top": keep_top, **{k: v for k, v in evaluator_options.items()}}
-    if not rerank:
-        return EvaluationResult(final=plain, plain=plain, rerank=None, parameters=parameters)
-    from retrieval.eval.rerank import RerankedDistances
-
-    reranked_source = RerankedDistances(
-        queries.vectors, gallery.vectors, k1=k1, k2=k2, lambda_=lambda_, distance=rerank_distance,
-        metric=metric, progress=progress,
-    )
-    final = evaluate_ranking(reranked_source, *labels, metric=f"k-reciprocal re-ranking of {metric}", **options)
-    return EvaluationResult(final=final, plain=plain, rerank=reranked_source.params, parameters=parameters)
+    return EvaluationResult(run_evaluation(queries, gallery, evaluation_options(queries, gallery, **options),
+                                           progress=progress))

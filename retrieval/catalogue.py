@@ -4,10 +4,13 @@
 
 * ``runs``       one row per run (from each ``run.json``): id, time, kind, command, data hash,
                  headline metrics (final stage: re-ranked when the run re-ranked), folder;
-* ``metrics``, ``per_query``, ``rankings``, ``curves``: views over the runs' Parquet tables,
-  each row carrying its ``run_id``. The documented columns are always present (a workspace
-  without any such table gives an empty view with those columns); extra columns that some
-  runs write (``ap_before_rerank`` ...) are added, NULL for the other runs;
+* ``metrics``, ``per_query``, ``rankings``, ``curves``, ``folds``, ``epochs``: views over the
+  runs' Parquet tables, each row carrying its ``run_id``. The documented columns
+  (``run_schema.TABLE_COLUMNS``) are always present (a workspace without any such table gives an
+  empty view with those columns); extra columns that some runs write (``ap_before_rerank`` ...)
+  are added, NULL for the other runs. ``per_query`` and ``rankings`` also carry ``run_kind``
+  (evaluate / search) and ``run_protocol``: ``is_match``, ``is_junk`` and ``valid`` follow that
+  run's protocol, so filter on them before comparing flags across runs;
 * ``embeddings('file.parquet')``: a table macro reading an embeddings file. Parquet stores the
   ``embedding`` column as a list, so it comes back as ``FLOAT[]`` (``list_distance``,
   ``list_cosine_similarity`` work on it); ``CAST(embedding AS FLOAT[d])`` gives the fixed-size
@@ -29,87 +32,16 @@ import duckdb
 import pyarrow as pa
 
 from retrieval.errors import RetrieveError
-from retrieval.runs import RUN_TABLES, read_run_record, read_run_table
-from retrieval.workspace import resolve_workspace
-
-# The documented columns of each run table (DuckDB types), in order, after ``run_id``.
-TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "metrics": [
-        ("metric", "VARCHAR"),
-        ("value", "DOUBLE"),
-        ("stage", "VARCHAR"),
-        ("protocol", "VARCHAR"),
-        ("ap_variant", "VARCHAR"),
-        ("metric_distance", "VARCHAR"),
-    ],
-    "per_query": [
-        ("query_id", "VARCHAR"),
-        ("pid", "BIGINT"),
-        ("camid", "BIGINT"),
-        ("valid", "BOOLEAN"),
-        ("ap", "DOUBLE"),
-        ("inp", "DOUBLE"),
-        ("first_match_rank", "BIGINT"),
-        ("num_matches", "BIGINT"),
-        ("r_precision", "DOUBLE"),
-    ],
-    "rankings": [
-        ("query_id", "VARCHAR"),
-        ("rank", "BIGINT"),
-        ("gallery_id", "VARCHAR"),
-        ("distance", "DOUBLE"),
-        ("is_match", "BOOLEAN"),
-        ("is_junk", "BOOLEAN"),
-    ],
-    "curves": [
-        ("curve", "VARCHAR"),
-        ("stage", "VARCHAR"),
-        ("x", "DOUBLE"),
-        ("y", "DOUBLE"),
-        ("threshold", "DOUBLE"),
-    ],
-    "folds": [
-        ("fold", "BIGINT"),
-        ("start", "BIGINT"),
-        ("stop", "BIGINT"),
-        ("threshold", "DOUBLE"),
-        ("accuracy", "DOUBLE"),
-    ],
-    "epochs": [
-        ("epoch", "BIGINT"),
-        ("lr", "DOUBLE"),
-        ("loss", "DOUBLE"),
-    ],
-}
-
-# Headline metrics copied into the `runs` table: column name -> metric name in metrics.parquet.
-HEADLINE_METRICS: dict[str, str] = {
-    "mAP": "mAP",
-    "rank1": "rank-1",
-    "rank5": "rank-5",
-    "mINP": "mINP",
-    "mAP_at_k": "mAP@k",
-    "accuracy_mean": "accuracy_mean",
-    "roc_auc": "roc_auc",
-    "eer": "eer",
-}
-
-RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created", pa.string()),
-        ("kind", pa.string()),
-        ("command", pa.string()),
-        ("content_hash", pa.string()),
-        ("embeddings", pa.string()),
-        ("headline_stage", pa.string()),
-        *[(column, pa.float64()) for column in HEADLINE_METRICS],
-        ("format_version", pa.int64()),
-        ("parameters", pa.string()),
-        ("run_dir", pa.string()),
-    ]
+from retrieval.run_schema import (  # noqa: F401  (TABLE_COLUMNS, HEADLINE_METRICS: public here too)
+    HEADLINE_METRICS,
+    RUN_TABLES,
+    RUNS_SCHEMA,
+    TABLE_COLUMNS,
+    VIEW_CONTEXT_COLUMNS,
+    run_context,
 )
-
+from retrieval.runs import read_run_record, read_run_table
+from retrieval.workspace import resolve_workspace
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -218,20 +150,35 @@ def _empty_select(name: str) -> str:
     return f"SELECT {casts} WHERE false"
 
 
+def _sql_value(value: Any) -> str:
+    return "NULL" if value is None else _sql_string(str(value))
+
+
 def _table_view_sql(name: str, runs: list[RunFolder]) -> str:
-    """A view over ``<name>.parquet`` of every run that has one, with the documented columns first."""
-    files = [(str(run.path / f"{name}.parquet"), run.run_id) for run in runs if (run.path / f"{name}.parquet").is_file()]
+    """A view over ``<name>.parquet`` of every run that has one, with the documented columns first.
+
+    The run's context columns (``run_schema.VIEW_CONTEXT_COLUMNS``: kind, protocol) come from
+    run.json, so rows whose flags follow different rules can be told apart in one query.
+    """
+    files = [(str(run.path / f"{name}.parquet"), run) for run in runs if (run.path / f"{name}.parquet").is_file()]
     empty = _empty_select(name)
     if not files:
         return f"CREATE VIEW {name} AS {empty}"
+    context = VIEW_CONTEXT_COLUMNS.get(name, ())
     file_list = ", ".join(_sql_string(path) for path, _ in files)
-    mapping = ", ".join(f"({_sql_string(path)}, {_sql_string(run_id)})" for path, run_id in files)
+    mapping = ", ".join(
+        "(" + ", ".join([_sql_string(path), _sql_string(run.run_id)]
+                        + [_sql_value(run_context(run.record)[c]) for c in context]) + ")"
+        for path, run in files
+    )
+    names = ", ".join(["filename", "run_id", *context])
+    selected = ", ".join(f"f.{column}" for column in ("run_id", *context))
     # The empty typed select fixes the documented columns' order and types; BY NAME adds extras.
     return (
         f"CREATE VIEW {name} AS {empty} UNION ALL BY NAME "
-        f"SELECT f.run_id, t.* EXCLUDE (filename) "
+        f"SELECT {selected}, t.* EXCLUDE (filename) "
         f"FROM read_parquet([{file_list}], union_by_name = true, filename = true) AS t "
-        f"JOIN (VALUES {mapping}) AS f(filename, run_id) USING (filename)"
+        f"JOIN (VALUES {mapping}) AS f({names}) USING (filename)"
     )
 
 

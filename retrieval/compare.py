@@ -140,13 +140,23 @@ def compare_runs(
         result["warnings"].append("a run has no per_query table: no per-query deltas or intervals")
         result.update(matched_queries=0, per_query_metrics=[], counts=None, largest_drops=[], largest_gains=[])
         return result
+    matched = _matched_queries(result, queries_a, queries_b)
+    names = [m for m in metrics_a if m in metrics_b] or ["mAP", *(f"rank-{k}" for k in CMC_RANKS)]
+    rows_a, rows_b = [queries_a[q] for q in matched], [queries_b[q] for q in matched]
+    result["per_query_metrics"] = _paired_intervals(names, rows_a, rows_b, confidence, n_resamples, seed)
+    result.update(_query_changes([_query_change_row(q, queries_a[q], queries_b[q]) for q in matched], largest))
+    return result
+
+
+def _matched_queries(result: dict[str, Any], queries_a: dict, queries_b: dict) -> list[str]:
+    """The query ids valid in both runs (in run A's order); counts and a warning for the others."""
     matched = [query_id for query_id in queries_a if query_id in queries_b]
     result["matched_queries"] = len(matched)
     result["only_in_a"] = len(set(queries_a) - set(queries_b))
     result["only_in_b"] = len(set(queries_b) - set(queries_a))
     if not matched:
         raise RetrieveError(
-            f"{first.run_id} and {second.run_id} have no valid query in common (matched by query_id); "
+            f"{result['run_a']} and {result['run_b']} have no valid query in common (matched by query_id); "
             "nothing to compare per query"
         )
     if result["only_in_a"] or result["only_in_b"]:
@@ -154,30 +164,35 @@ def compare_runs(
             f"{result['only_in_a']} valid queries only in A and {result['only_in_b']} only in B are left out "
             "of the per-query comparison"
         )
-    rows_a = [queries_a[q] for q in matched]
-    rows_b = [queries_b[q] for q in matched]
-    per_query_metrics = []
-    names = [m for m in metrics_a if m in metrics_b] or ["mAP", *(f"rank-{k}" for k in CMC_RANKS)]
+    return matched
+
+
+def _paired_intervals(names: list[str], rows_a: list[dict], rows_b: list[dict], confidence: float,
+                      n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Mean of A, mean of B and the paired bootstrap interval of B - A for each per-query metric."""
+    out = []
     for name in names:
         values_a, values_b = _per_query_metric_values(rows_a, name), _per_query_metric_values(rows_b, name)
         if values_a is None or values_b is None:
             continue
         interval = paired_bootstrap_delta(values_a, values_b, confidence=confidence, n_resamples=n_resamples, seed=seed)
-        per_query_metrics.append(
-            {"metric": name, "a": float(values_a.mean()), "b": float(values_b.mean()), **interval}
-        )
-    result["per_query_metrics"] = per_query_metrics
-    changes = [_query_change_row(q, queries_a[q], queries_b[q]) for q in matched]
+        out.append({"metric": name, "a": float(values_a.mean()), "b": float(values_b.mean()), **interval})
+    return out
+
+
+def _query_changes(changes: list[dict[str, Any]], largest: int) -> dict[str, Any]:
+    """Queries improved / worsened / unchanged by AP, and the largest drops and gains."""
     deltas = np.array([c["delta"] for c in changes])
-    result["counts"] = {
-        "improved": int(np.sum(deltas > UNCHANGED_TOLERANCE)),
-        "worsened": int(np.sum(deltas < -UNCHANGED_TOLERANCE)),
-        "unchanged": int(np.sum(np.abs(deltas) <= UNCHANGED_TOLERANCE)),
-        "by": "ap",
-    }
     # Stable sorts: ties keep the order of run A's per_query table.
     order = np.argsort(deltas, kind="stable")
-    result["largest_drops"] = [changes[i] for i in order[:largest] if deltas[i] < -UNCHANGED_TOLERANCE]
     order_gain = np.argsort(-deltas, kind="stable")
-    result["largest_gains"] = [changes[i] for i in order_gain[:largest] if deltas[i] > UNCHANGED_TOLERANCE]
-    return result
+    return {
+        "counts": {
+            "improved": int(np.sum(deltas > UNCHANGED_TOLERANCE)),
+            "worsened": int(np.sum(deltas < -UNCHANGED_TOLERANCE)),
+            "unchanged": int(np.sum(np.abs(deltas) <= UNCHANGED_TOLERANCE)),
+            "by": "ap",
+        },
+        "largest_drops": [changes[i] for i in order[:largest] if deltas[i] < -UNCHANGED_TOLERANCE],
+        "largest_gains": [changes[i] for i in order_gain[:largest] if deltas[i] > UNCHANGED_TOLERANCE],
+    }

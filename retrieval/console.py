@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from rich.console import Console
 
-from retrieval.runs import json_safe
+from retrieval.run_schema import json_safe
 
 
 def stdout_console() -> Console:
@@ -20,7 +22,26 @@ def err_console() -> Console:
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 
 
-def print_json(obj: Any) -> None:
-    """Exactly one JSON object on stdout (NaN/inf become null)."""
-    sys.stdout.write(json.dumps(json_safe(obj), allow_nan=False) + "\n")
+def print_json(obj: Any, indent: int | None = None) -> None:
+    """Exactly one JSON object on stdout (NaN/inf become null; other values as text)."""
+    sys.stdout.write(json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str) + "\n")
     sys.stdout.flush()
+
+
+def say(lines: Iterable[str], prefix: str = "note") -> None:
+    """One ``prefix: line`` on stderr per line (notes, warnings), never markup."""
+    console = err_console()
+    for line in lines:
+        console.print(f"{prefix}: {line}", markup=False)
+
+
+@contextmanager
+def warnings_on_stderr() -> Iterator[None]:
+    """Python warnings raised inside the block, each distinct one once, as ``retrieve: warning: …`` lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                sys.stderr.write(f"retrieve: warning: {message}\n")

@@ -1,16 +1,17 @@
 """Progress bars: rich on a terminal (stderr), silent in pipes and under --json.
 
 ``eval/`` and ``indexes/`` never print; they accept a ``progress`` callback
-``(stage: str, done: int, total: int) -> None``. ``stage_progress()`` gives one.
+``(stage: str, done: int, total: int) -> None`` (``retrieval.common.progress.ProgressCallback``).
+``stage_progress()`` gives one.
 """
 
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
-ProgressCallback = Callable[[str, int, int], None]
+from retrieval.common.progress import ProgressCallback, no_progress
 
 
 def progress_enabled(quiet: bool = False) -> bool:
@@ -18,15 +19,11 @@ def progress_enabled(quiet: bool = False) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
-
-
 @contextmanager
 def stage_progress(quiet: bool = False) -> Iterator[ProgressCallback]:
     """Yield a callback that shows one bar per stage name; a no-op when not on a terminal."""
     if not progress_enabled(quiet):
-        yield _noop
+        yield no_progress
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -13,8 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.catalogue import RunFolder, resolve_run
+from retrieval.common.atomic import check_output, write_bytes
 from retrieval.errors import RetrieveError
 from retrieval.plots import (
     Curve,
@@ -35,6 +35,7 @@ from retrieval.plots import (
     ranked_strips_figure,
     roc_figure,
 )
+from retrieval.run_schema import resolve_input
 from retrieval.runs import read_run_table
 
 WORST_QUERIES = 8
@@ -93,29 +94,51 @@ def _valid_rows(per_query: pa.Table | None) -> list[dict[str, Any]]:
 
 
 def _image_paths(run: RunFolder) -> dict[str, str]:
-    """id -> image path from the embeddings file(s) named in run.json, when they have a path column."""
+    """id -> image path from the embeddings file(s) named in run.json, when they have a path column.
+
+    Inputs are found from any working folder (``run_schema.resolve_input``: absolute path, as given,
+    or beside the run); relative image paths are tried as given, then beside the embeddings file.
+    A missing embeddings file or missing image files are said once (a warning), not drawn as grey.
+    """
     inputs = run.record.get("inputs") or {}
     paths: dict[str, str] = {}
+    if not isinstance(inputs, dict):
+        return paths
     for key in ("embeddings", "gallery", "queries"):
-        value = inputs.get(key) if isinstance(inputs, dict) else None
-        if not value or not isinstance(value, str):
+        if not inputs.get(key):
             continue
-        source = Path(value)
-        if not source.is_file():
+        source = resolve_input(inputs, key, run.path)
+        if source is None or not source.is_file():
+            warnings.warn(f"report: {inputs.get(key)} (the {key} of run {run.run_id}) was not found; "
+                          "the ranked strips show ids instead of images", stacklevel=2)
             continue
-        try:
-            if "path" not in pq.read_schema(source).names:
-                continue
-            table = pq.read_table(source, columns=["id", "path"])
-        except (OSError, pa.ArrowException):
-            continue
-        for item_id, image in zip(table["id"].to_pylist(), table["path"].to_pylist()):
-            if image:
-                candidate = Path(image)
-                if not candidate.is_absolute() and not candidate.exists():
-                    candidate = source.parent / image
-                paths[str(item_id)] = str(candidate)
+        paths.update(_paths_column(source))
     return paths
+
+
+def _paths_column(source: Path) -> dict[str, str]:
+    try:
+        if "path" not in pq.read_schema(source).names:
+            return {}
+        table = pq.read_table(source, columns=["id", "path"])
+    except (OSError, pa.ArrowException):
+        return {}
+    paths = {}
+    for item_id, image in zip(table["id"].to_pylist(), table["path"].to_pylist()):
+        if image:
+            candidate = Path(image)
+            if not candidate.is_absolute() and not candidate.exists():
+                candidate = source.parent / image
+            paths[str(item_id)] = str(candidate)
+    return paths
+
+
+def _warn_missing_images(strips: list[Strip], run: RunFolder) -> None:
+    named = [path for strip in strips for path in [strip.query_image, *(item.image for item in strip.items)] if path]
+    missing = [path for path in named if not Path(path).is_file()]
+    if missing:
+        warnings.warn(f"report: {len(missing)} of {len(named)} images of run {run.run_id} were not found "
+                      f"(first: {missing[0]}); those tiles show ids instead", stacklevel=2)
 
 
 def worst_query_strips(run: RunFolder, count: int = WORST_QUERIES, length: int = STRIP_LENGTH) -> list[Strip]:
@@ -153,6 +176,7 @@ def worst_query_strips(run: RunFolder, count: int = WORST_QUERIES, length: int =
                 ],
             )
         )
+    _warn_missing_images(strips, run)
     return strips
 
 
@@ -350,18 +374,6 @@ def render_html(runs: Sequence[RunFolder], figures: Sequence[ReportFigure]) -> s
 # ------------------------------------------------------------------------------------ writing
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _check_output_outside_runs(out: Path, runs: Sequence[RunFolder]) -> None:
     target = out.resolve()
     for run in runs:
@@ -369,8 +381,13 @@ def _check_output_outside_runs(out: Path, runs: Sequence[RunFolder]) -> None:
             raise RetrieveError(f"{out}: inside run folder {run.path}; run folders are never written to, choose another --out")
 
 
-def write_report(run_dirs: Sequence[Path | str], out: Path | str, png_dir: Path | str | None = None) -> Path:
-    """Write the HTML report of one run (or two, overlaid) to ``out``; PNGs into ``png_dir`` if given."""
+def write_report(run_dirs: Sequence[Path | str], out: Path | str, png_dir: Path | str | None = None, *,
+                 overwrite: bool = True) -> Path:
+    """Write the HTML report of one run (or two, overlaid) to ``out``; PNGs into ``png_dir`` if given.
+
+    Files are written atomically (``retrieval.common.atomic``); with ``overwrite=False`` (what
+    ``retrieve report`` passes unless ``--overwrite``) an existing report or PNG is refused.
+    """
     if not 1 <= len(run_dirs) <= 2:
         raise RetrieveError(f"a report shows one run or two overlaid, got {len(run_dirs)}")
     runs = [resolve_run(run_dir) for run_dir in run_dirs]
@@ -382,10 +399,13 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str, png_dir: Path 
         _check_output_outside_runs(Path(png_dir), runs)
         if Path(png_dir).exists() and not Path(png_dir).is_dir():
             raise RetrieveError(f"{png_dir}: exists and is not a folder (--png takes a folder)")
+    check_output(out, overwrite=overwrite)
     figures = report_figures(runs)
     page = render_html(runs, figures)
     if png_dir is not None:
         for figure in figures:
-            _write_atomic(Path(png_dir) / f"{figure.name}.png", figure.png)
-    _write_atomic(out, page.encode("utf-8"))
+            check_output(Path(png_dir) / f"{figure.name}.png", overwrite=overwrite)
+        for figure in figures:
+            write_bytes(Path(png_dir) / f"{figure.name}.png", figure.png, overwrite=overwrite)
+    write_bytes(out, page.encode("utf-8"), overwrite=overwrite)
     return out

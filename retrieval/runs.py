@@ -1,18 +1,15 @@
-"""Run folders: written atomically, read back with a format-version check.
+"""Run folders on disk: written atomically, read back with a format-version check.
 
-A run folder holds ``run.json`` and Parquet tables (``metrics``, ``per_query``,
-``rankings``, ``curves``; a run writes those that apply). The whole folder is
-written under a temporary name beside its destination and renamed into place, so
-a crash never leaves a half-written run.
+A run folder holds ``run.json`` and Parquet tables (``retrieval.run_schema``: ``metrics``,
+``per_query``, ``rankings``, ``curves``, ``folds``, ``epochs``; a run writes those that apply).
+The folder is filled under a temporary name beside its destination and renamed into place under
+the destination's lock (``retrieval.common.atomic``), so a crash never leaves a half-written run
+and concurrent writers of one folder replace it one at a time.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,77 +17,63 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retrieval.common.atomic import check_output, staging_folder
 from retrieval.errors import RetrieveError
-
-RUN_FORMAT_VERSION = 1
-# folds: verify runs (k-fold accuracy); epochs: train runs (per-epoch losses and mining statistics).
-RUN_TABLES = ("metrics", "per_query", "rankings", "curves", "folds", "epochs")
-
-
-def json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones so that json.dumps is strict."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
+from retrieval.run_schema import (  # noqa: F401  (json_safe, library_versions, RUN_TABLES: public here too)
+    RUN_FORMAT_VERSION,
+    RUN_TABLES,
+    json_safe,
+    library_versions,
+)
 
 
-def library_versions() -> dict[str, str]:
-    """The versions a run record keeps: retrieve, Python, numpy, pyarrow."""
-    import platform
-
-    import numpy as np
-
-    from retrieval import __version__
-
-    return {"retrieve": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "pyarrow": pa.__version__}
+def _not_a_run(path: Path) -> str | None:
+    return None if (path / "run.json").exists() else "is not a run folder (no run.json), so it is not replaced"
 
 
-def write_run(run_dir: Path | str, record: Mapping[str, Any], tables: Mapping[str, pa.Table]) -> Path:
-    """Write ``run.json`` (``record`` plus format version, run id, time) and the tables, atomically.
-
-    An existing run folder at ``run_dir`` is replaced only after the new one is complete.
-    """
+def check_run_target(run_dir: Path | str, *, overwrite: bool) -> Path:
+    """Fail before any work when ``run_dir`` cannot take the run: a file, a folder that is not a
+    run, or an existing run without ``overwrite`` (its kind is named)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RetrieveError(f"{run_dir}: exists and is not a folder; choose another --out")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "run.json").exists():
         raise RetrieveError(f"{run_dir}: folder exists, is not empty and is not a run; choose another --out")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and (run_dir / "run.json").exists():
+        kind = _kind_of(run_dir)
+        raise RetrieveError(f"{run_dir}: already holds a run{f' (kind {kind})' if kind else ''}; "
+                            "choose another --out or pass --overwrite to replace it")
+    return check_output(run_dir, overwrite=overwrite, folder=True)
+
+
+def _kind_of(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_run(run_dir: Path | str, record: Mapping[str, Any], tables: Mapping[str, pa.Table], *,
+              overwrite: bool = True) -> Path:
+    """Write ``run.json`` (``record`` plus format version, run id, time) and the tables, atomically.
+
+    An existing run at ``run_dir`` is replaced (only after the new one is complete) when
+    ``overwrite`` (the default: the trainer rewrites its run after every epoch); the commands and
+    ``EvaluationResult.save`` pass ``overwrite=False`` unless asked. A folder that is not a run is
+    never replaced.
+    """
+    run_dir = check_run_target(run_dir, overwrite=overwrite)
     full = {
         "format_version": RUN_FORMAT_VERSION,
         "run_id": run_dir.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **dict(record),
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
-    try:
+    with staging_folder(run_dir, overwrite=overwrite, replaceable=_not_a_run) as staging:
         for name, table in tables.items():
             pq.write_table(table, staging / f"{name}.parquet")
         (staging / "run.json").write_text(json.dumps(json_safe(full), indent=2, allow_nan=False) + "\n")
-        _replace_dir(staging, run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return run_dir
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.rename(target, old)
-    os.rename(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_run_record(run_dir: Path | str) -> dict[str, Any]:

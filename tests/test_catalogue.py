@@ -14,6 +14,7 @@ import pytest
 
 from _catalogue_runs import make_evaluate_run, make_verify_run, snapshot
 from retrieval.catalogue import TABLE_COLUMNS, connect
+from retrieval.run_schema import VIEW_CONTEXT_COLUMNS, run_context
 from retrieval.cli import run
 from retrieval.runs import RUN_TABLES, write_run
 
@@ -54,8 +55,12 @@ def test_views_return_exactly_the_rows_of_the_run_files(workspace: Path):
             expected = pq.read_table(path).to_pylist()
             file_columns = pq.read_schema(path).names
             assert _rows(got, file_columns) == _rows(expected, file_columns), (name, run_dir.name)
+            # The run's context (kind, protocol) comes from its run.json, on every row.
+            context = run_context(json.loads((run_dir / "run.json").read_text()))
+            for column in VIEW_CONTEXT_COLUMNS.get(name, ()):
+                assert {row[column] for row in got} == {context[column]}, (name, column)
             # Columns this run lacks but another run has are NULL for it.
-            for column in set(columns) - set(file_columns) - {"run_id"}:
+            for column in set(columns) - set(file_columns) - {"run_id", *VIEW_CONTEXT_COLUMNS.get(name, ())}:
                 assert all(row[column] is None for row in got)
         total = connection.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
         assert total == sum(

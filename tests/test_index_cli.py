@@ -69,7 +69,7 @@ def test_build_search_info_tune(tmp_path, embeddings, capsys, monkeypatch):
     assert table.column("gallery_id")[0].as_py() == gallery.ids[nearest]
     assert table.column("gallery_pid")[0].as_py() == gallery.pid[nearest]
     record = read_run_record(found["run_dir"])
-    assert record["kind"] == "search" and record["inputs"]["gallery"] == gallery.content_hash()
+    assert record["kind"] == "search" and record["inputs"]["gallery_content_hash"] == gallery.content_hash()
     rankings = read_run_table(found["run_dir"], "rankings")
     assert rankings.num_rows == 200 and "is_match" in rankings.column_names
 

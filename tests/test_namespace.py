@@ -56,22 +56,52 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-# Dependencies point one way (architecture): data and indexes import no other layer, eval only these two.
+# Dependencies point one way (architecture): common imports nothing of ours; data and indexes import
+# only common; eval imports these; the user's surface (retrieval/) may import every layer.
 ALLOWED = {
-    "data": ("retrieval.data",),
-    "indexes": ("retrieval.indexes",),
-    "eval": ("retrieval.eval", "retrieval.indexes", "retrieval.data"),
+    "common": ("retrieval.common",),
+    "data": ("retrieval.common", "retrieval.data"),
+    "indexes": ("retrieval.common", "retrieval.indexes"),
+    "eval": ("retrieval.common", "retrieval.eval", "retrieval.indexes", "retrieval.data"),
 }
+LAYER_FOLDERS = ("common", "data", "eval", "indexes")
+
+
+def _wrong_imports(folder: Path, allowed: tuple[str, ...], root: Path = ROOT) -> list[str]:
+    wrong = []
+    for path in sorted(folder.rglob("*.py")):
+        for module in _imported_modules(path):
+            top = module.split(".")[0]
+            if top in LAYER_FOLDERS:
+                wrong.append(f"{path.relative_to(root)} imports top-level {module}")
+            elif top == "retrieval" and module != "retrieval" and not module.startswith(allowed):
+                wrong.append(f"{path.relative_to(root)} imports {module}")
+            elif module == "retrieval" and allowed != ("retrieval",):
+                wrong.append(f"{path.relative_to(root)} imports the package root")
+    return wrong
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_layers_import_one_way(layer: str) -> None:
-    wrong = []
-    for path in sorted((ROOT / layer).rglob("*.py")):
-        for module in _imported_modules(path):
-            top = module.split(".")[0]
-            if top in ("data", "eval", "indexes"):
-                wrong.append(f"{path.relative_to(ROOT)} imports top-level {module}")
-            elif top == "retrieval" and not module.startswith(ALLOWED[layer]):
-                wrong.append(f"{path.relative_to(ROOT)} imports {module}")
-    assert wrong == []
+    assert _wrong_imports(ROOT / layer, ALLOWED[layer]) == []
+
+
+def test_every_layer_may_import_common() -> None:
+    """retrieval.common is the bottom: each layer's allowance names it, and it is installed."""
+    assert all("retrieval.common" in allowed for allowed in ALLOWED.values())
+    import retrieval.common.atomic as atomic
+
+    assert Path(atomic.__file__).resolve().parent == ROOT / "common"
+
+
+def test_common_imports_only_itself_and_the_standard_library() -> None:
+    third_party = {"numpy", "pyarrow", "faiss", "torch", "duckdb", "typer", "rich", "scipy", "sklearn"}
+    found = [f"{path.name}: {module}" for path in sorted((ROOT / "common").rglob("*.py"))
+             for module in _imported_modules(path) if module.split(".")[0] in third_party]
+    assert found == []
+    assert _wrong_imports(ROOT / "common", ("retrieval.common",)) == []
+
+
+def test_the_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("from retrieval.eval.protocol import RankingLabels\nimport data.store\n")
+    assert len(_wrong_imports(tmp_path, ("retrieval.common",), root=tmp_path)) == 2

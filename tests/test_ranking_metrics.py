@@ -438,3 +438,51 @@ def test_topk_ap_denominators_by_hand():
     assert miss.mAP == 0.0
     with pytest.raises(EvaluationError, match="top-k AP denominator"):
         evaluate_topk(rows, distances, np.array([1]), gallery_pid, topk_ap="bogus", **common)
+
+
+# ----------------------------------------------------------------------------- protocol edge cases
+
+
+@pytest.mark.parametrize("protocol", ["market", "no-camera", "leave-one-out"])
+def test_distractors_are_nobodys_match(protocol):
+    # items 0..2 are distractors (pid 0), 3..4 one person; as queries, distractors have no valid match
+    pid = np.array([0, 0, 0, 5, 5])
+    cam = np.array([1, 2, 3, 1, 2])
+    ids = np.array([f"i{i}" for i in range(5)], dtype=object)
+    d = np.abs(np.arange(5)[:, None] - np.arange(5)[None, :]).astype(float)
+    result = evaluate_ranking(
+        PrecomputedDistances(d), pid, pid, cam, cam, protocol=protocol, query_ids=ids, gallery_ids=ids,
+    )
+    valid = result.per_query.column("valid").to_pylist()
+    assert valid[:3] == [False, False, False]
+    assert result.num_valid_queries == 2
+    # query 3 (pid 5): the distractor at row 2 ties its match at row 4 (distance 1) and, earlier in
+    # gallery order, comes first: an ordinary negative. Under no-camera the item itself is kept.
+    assert result.per_query.column("first_match_rank").to_pylist()[3] == (1 if protocol == "no-camera" else 2)
+
+
+def test_rank_outside_the_curve_is_an_error():
+    result = _one_query(**HAND)
+    assert result.rank(1) == 0.0 and result.rank(2) == 1.0
+    with pytest.raises(EvaluationError, match="rank-0"):
+        result.rank(0)
+    with pytest.raises(EvaluationError, match="rank-51"):
+        result.rank(51)
+
+
+def test_a_junk_heavy_list_does_not_cut_the_other_queries_curve():
+    # query 0: its top-4 list holds one match at rank 1; query 1: three junk items and a miss,
+    # so only its rank-1 is known... unless it found a match. Here query 1 finds none.
+    gallery_pid = np.array([1, -1, -1, -1, 2, 3, 2, 1, 2])
+    rows = np.array([[0, 4, 5, 8], [1, 2, 3, 5]])
+    distances = np.tile([0.1, 0.2, 0.3, 0.4], (2, 1))
+    result = evaluate_topk(rows, distances, np.array([1, 2]), gallery_pid, protocol="no-camera", max_rank=50)
+    # query 1 keeps one item (pid 3): a miss known up to rank 1 only, so the curve stops there
+    assert len(result.cmc) == 1
+    # when every valid query found its match, the whole list length is known
+    found = evaluate_topk(rows[:1], distances[:1], np.array([1]), gallery_pid, protocol="no-camera", max_rank=50)
+    assert len(found.cmc) == 4 and found.rank(4) == 1.0
+    # a query that found its match early does not limit the curve, whatever its list holds
+    junk_first = evaluate_topk(np.array([[1, 2, 0, 5]]), distances[:1], np.array([1]), gallery_pid,
+                               protocol="no-camera", max_rank=50)
+    assert len(junk_first.cmc) == 4 and junk_first.rank(1) == 1.0

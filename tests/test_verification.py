@@ -306,7 +306,7 @@ def test_val_at_far_per_fold_uses_training_threshold():
 
 
 def golden_pairs():
-    from retrieval.cli.verify_commands import image_rows, parse_pairs_file, resolve_pairs
+    from retrieval.data.pairs import image_rows, parse_pairs_file, resolve_pairs
 
     table = pq.read_table(GOLDEN / "embeddings.parquet")
     ids = np.array(table.column("id").to_pylist(), dtype=object)
@@ -469,3 +469,28 @@ def test_eer_approx_equals_the_scripts_recipe_on_sklearn_roc(seed):
     fpr, tpr, _ = roc_curve(same, -d)  # the scripts' recipe: score = -distance, default drop_intermediate
     i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
     assert eer_at_closest_threshold(d, same) == pytest.approx((fpr[i] + 1 - tpr[i]) / 2, abs=1e-12)
+
+
+def test_distractor_pairs_are_impostor_trials():
+    # queries: a distractor (pid 0) and person 1; gallery: two distractors, person 1
+    labels = RankingLabels(np.array([0, 1]), np.array([0, 0, 1]), protocol="no-camera")
+    matrix = np.array([[0.1, 0.2, 0.9], [0.8, 0.7, 0.3]])
+    result = query_gallery_verification(PrecomputedDistances(matrix), labels, fars=[0.5])
+    assert (result.roc.num_genuine, result.roc.num_impostor) == (1, 5)
+
+
+def test_a_source_that_changes_between_passes_fails_loudly():
+    labels = RankingLabels(np.array([1, 2, 3]), np.array([1, 2, 3, 4]), protocol="no-camera")
+    rng = np.random.default_rng(0)
+
+    class Drifting:  # each pass over the blocks gives other values: not deterministic
+        num_queries, num_gallery, metric = 3, 4, "x"
+
+        def blocks(self, block_rows):
+            yield DistanceBlock.exact_values(0, rng.random((3, 4)))
+
+        def to_distance(self, values):
+            return values
+
+    with pytest.raises(EvaluationError, match="second pass"):
+        query_gallery_verification(Drifting(), labels, cache_bytes=0, num_bins=4)

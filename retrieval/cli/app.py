@@ -1,6 +1,7 @@
 """The `retrieve` Typer application, its global options and the error-to-exit-code policy.
 
-Exit codes: 0 success, 1 failure (including bad input files), 2 usage error.
+Exit codes: 0 success, 1 failure (including bad input files), 2 usage error (including an option
+value a job refuses, ``retrieval.errors.OptionError``).
 A user mistake (any of ``retrieval.errors.USER_ERRORS``) prints one line on stderr;
 ``--debug`` (or ``RETRIEVE_DEBUG=1``) shows the traceback instead.
 """
@@ -13,7 +14,7 @@ import sys
 import typer
 
 from retrieval import __version__
-from retrieval.errors import USER_ERRORS
+from retrieval.errors import USER_ERRORS, OptionError
 
 app = typer.Typer(
     name="retrieve",
@@ -67,6 +68,11 @@ def run(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="retrieve", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except OptionError as exc:  # an option value the job refused: a usage error, as typer's own
+        if _debug["on"]:
+            raise
+        typer.echo(f"retrieve: usage error: invalid value for {exc.option}: {error_line(exc)}", err=True)
+        return 2
     except USER_ERRORS as exc:
         if _debug["on"]:
             raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -11,14 +10,11 @@ from typing import Any, Optional
 import typer
 
 from retrieval.cli.app import app
+from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.console import print_json, warnings_on_stderr
 from retrieval.errors import RetrieveError
-from retrieval.runs import json_safe
 
 WORKSPACE_HELP = "Workspace folder holding the runs (default: $RETRIEVE_WORKSPACE or ./retrieve-runs)."
-
-
-def _print_json(obj: Any) -> None:
-    typer.echo(json.dumps(json_safe(obj), indent=2, allow_nan=False, default=str))
 
 
 def _text_table(columns: list[str], rows: list[list[Any]]) -> str:
@@ -61,7 +57,7 @@ def runs_command(
         typer.echo(f"retrieve: warning: skipped {path}: {reason}", err=True)
     table = runs_table(runs).to_pylist()
     if as_json:
-        _print_json({"workspace": str(root), "runs": table, "skipped": [str(path) for path, _ in skipped]})
+        print_json({"workspace": str(root), "runs": table, "skipped": [str(path) for path, _ in skipped]}, indent=2)
         return
     if not table:
         why = "" if root.is_dir() else " (the folder does not exist)"
@@ -105,7 +101,7 @@ def _print_result(columns: list[str], rows: list[tuple], output: str) -> None:
     if not columns:
         return
     if output == "json":
-        _print_json({"columns": columns, "rows": [dict(zip(columns, row)) for row in rows]})
+        print_json({"columns": columns, "rows": [dict(zip(columns, row)) for row in rows]}, indent=2)
     elif output == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
@@ -162,18 +158,13 @@ def sql_command(
 
     Without a query: read statements (ending with ';') from the prompt or stdin until EOF or .quit.
     """
-    import warnings
-
     from retrieval.catalogue import connect
 
     if as_csv and as_json:
         raise typer.BadParameter("choose one of --csv and --json", param_hint="--csv/--json")
     output = "json" if as_json else ("csv" if as_csv else "table")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_on_stderr():
         connection = connect(workspace)
-    for warning in caught:
-        typer.echo(f"retrieve: warning: {warning.message}", err=True)
     try:
         if query is not None:
             _print_result(*_execute(connection, query), output)
@@ -226,7 +217,7 @@ def compare_command(
         run_a, run_b, workspace=workspace, confidence=confidence, n_resamples=resamples, seed=seed, largest=largest
     )
     if as_json:
-        _print_json(result)
+        print_json(result, indent=2)
         return
     typer.echo(_compare_text(result))
 
@@ -283,6 +274,7 @@ def report_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file to write (default ./report-<run id>.html)."),
     png: Optional[Path] = typer.Option(None, "--png", help="Also write each figure as a PNG file into this folder."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WORKSPACE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """One self-contained HTML report (figures embedded): parameters, metrics, CMC, ROC, AP histogram, worst queries."""
     from retrieval.catalogue import resolve_run
@@ -290,5 +282,6 @@ def report_command(
 
     runs = [resolve_run(run_a, workspace)] + ([resolve_run(run_b, workspace)] if run_b else [])
     target = out if out is not None else Path(default_report_name([run.path for run in runs]))
-    path = write_report([run.path for run in runs], target, png_dir=png)
+    with warnings_on_stderr():
+        path = write_report([run.path for run in runs], target, png_dir=png, overwrite=overwrite)
     typer.echo(str(path))

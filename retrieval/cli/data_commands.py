@@ -11,7 +11,8 @@ import pyarrow as pa
 import typer
 
 from retrieval.cli.app import app
-from retrieval.console import err_console, print_json, stdout_console
+from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
 
 
@@ -32,14 +33,15 @@ class PresetName(str, Enum):
     faces = "faces"
 
 
-def _write_table(out: Path, table: pa.Table, model: Optional[str]) -> None:
-    """Validate an imported table and write it as an embeddings file (atomically)."""
-    from retrieval.data.store import canonical_table, embeddings_from_table, with_metadata, write_parquet_atomically
+def _write_table(out: Path, table: pa.Table, model: Optional[str], overwrite: bool) -> None:
+    """Validate an imported table and write it as an embeddings file (atomically; exclusive unless overwrite)."""
+    from retrieval.data.store import embeddings_from_table
+    from retrieval.data.writer import canonical_table, with_metadata, write_parquet_atomically
 
     emb = embeddings_from_table(table, out)
-    for note in emb.notes:
-        err_console().print(f"note: {note}")
-    write_parquet_atomically(with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model), out)
+    say(emb.notes)
+    write_parquet_atomically(with_metadata(canonical_table(table, emb), emb.dim, emb.normalized, model), out,
+                             overwrite=overwrite)
 
 
 @app.command("import")
@@ -58,11 +60,14 @@ def import_command(
     layout: Optional[LayoutKind] = typer.Option(None, help="Join pid/camid/split from this data set layout by path (needs --layout-root)."),
     layout_root: Optional[Path] = typer.Option(None, help="Root folder of the --layout data set."),
     model: Optional[str] = typer.Option(None, help="Model name recorded in the file metadata."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Import embeddings from .npy/.npz, .mat, CSV/TSV manifest + vectors, or .pt into Parquet."""
+    from retrieval.common.atomic import check_output
     from retrieval.data import importers
     from retrieval.data.errors import DataError
 
+    check_output(out, overwrite=overwrite)
     if not source.exists():
         raise DataError(f"{source}: no such file")
     keys = importers.ArrayKeys(features_key, labels_key, cams_key, names_key)
@@ -85,7 +90,7 @@ def import_command(
         from retrieval.data.layouts import build_manifest
 
         table = importers.join_manifest_by_path(build_manifest(layout.value, layout_root), table)
-    _write_table(out, table, model)
+    _write_table(out, table, model, overwrite)
     err_console().print(f"wrote {table.num_rows} rows to {out}")
 
 
@@ -94,14 +99,17 @@ def layout_command(
     root: Path = typer.Argument(..., help="Root folder of the data set."),
     kind: LayoutKind = typer.Option(..., "--kind", help="Which data set layout the folder follows."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest Parquet file to write (id, path, pid, camid, split)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print counts as JSON."),
 ) -> None:
     """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776 or LFW."""
+    from retrieval.common.atomic import check_output
     from retrieval.data.layouts import build_manifest
-    from retrieval.data.store import write_parquet_atomically
+    from retrieval.data.writer import write_parquet_atomically
 
+    check_output(out, overwrite=overwrite)
     table = build_manifest(kind.value, root)
-    write_parquet_atomically(table, out)
+    write_parquet_atomically(table, out, overwrite=overwrite)
     counts = {s: int(n) for s, n in zip(*np.unique(np.asarray(table.column("split").to_pylist()), return_counts=True))}
     if json_output:
         print_json({"kind": kind.value, "rows": table.num_rows, "splits": counts, "out": str(out)})
@@ -115,18 +123,20 @@ def synth_command(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same file."),
     out: Path = typer.Option(..., "--out", "-o", help="Embeddings Parquet file to write."),
     difficulty: float = typer.Option(1.0, "--difficulty", min=0.0, help="Scales camera, pose and noise terms (1.0: realistic)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Generate synthetic embeddings at the shape of Market-1501, MSMT17, VeRi-776 or a million gallery."""
     from retrieval.data.synth import generate
 
     with stage_progress() as progress:
-        generate(preset.value, seed, out, difficulty=difficulty, progress=progress)
+        generate(preset.value, seed, out, difficulty=difficulty, progress=progress, overwrite=overwrite)
     err_console().print(f"wrote {out}")
 
 
 def describe_embeddings(path: Path) -> dict:
     """Rows per split, dimension, identities, cameras, normalisation, metadata and content hash."""
-    from retrieval.data.store import ContentHasher, file_metadata, iter_embedding_batches
+    from retrieval.data.hashing import ContentHasher
+    from retrieval.data.store import file_metadata, iter_embedding_batches
 
     hasher = ContentHasher()
     splits: dict[str, int] = {}

@@ -1,22 +1,20 @@
-"""Index commands: build-index, search, index-info, tune (faiss flat / IVF / IVF-PQ / HNSW)."""
+"""Index commands: build-index, search, index-info, tune. Parse, call ``retrieval.jobs.index`` /
+``retrieval.jobs.search``, print."""
 
 from __future__ import annotations
 
 import shlex
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
 
 from retrieval.cli.app import app
-from retrieval.cli.choices import DeviceName
-from retrieval.console import err_console, print_json, stdout_console
+from retrieval.cli.choices import DeviceName, ProtocolName
+from retrieval.cli.options import parse_junk_pids
+from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
 
 
@@ -33,50 +31,7 @@ class MetricName(str, Enum):
     cosine = "cosine"
 
 
-def _has_split_column(path: Path) -> bool:
-    try:
-        return "split" in pq.read_schema(path).names
-    except (OSError, pa.ArrowInvalid):
-        return False  # read_embeddings will name the problem
-
-
-def _splits_for(path: Path, split: Optional[str], default: str) -> Optional[str]:
-    """The split to take: the one asked; else ``default`` when the file has splits; else every row."""
-    if split is not None:
-        return split
-    return default if _has_split_column(path) else None
-
-
-def _say(lines: list[str], prefix: str) -> None:
-    for line in lines:
-        err_console().print(f"{prefix}: {line}", markup=False)
-
-
-def _positive(value: Optional[int], hint: str) -> None:
-    if value is not None and value < 1:
-        raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=hint)
-
-
 # ------------------------------------------------------------------------------------- build-index
-
-
-class _FileBatches:
-    """Re-iterable batches of one split of an embeddings file; hashes the rows of the latest pass."""
-
-    def __init__(self, path: Path, split: Optional[str], batch_rows: int = 65536):
-        self.path, self.split, self.batch_rows = path, split, batch_rows
-        self.hasher = None
-
-    def __call__(self):
-        from retrieval.data.store import ContentHasher, iter_embedding_batches
-
-        self.hasher = ContentHasher()
-        for batch in iter_embedding_batches(self.path, batch_rows=self.batch_rows, splits=self.split):
-            self.hasher.update(batch.ids, batch.vectors)
-            yield batch
-
-    def content_hash(self) -> str:
-        return self.hasher.hexdigest()
 
 
 @app.command("build-index")
@@ -94,44 +49,23 @@ def build_index_command(
     train_size: Optional[int] = typer.Option(None, "--train-size", help="Rows sampled for training [default: 64 per list / centroid]."),
     device: DeviceName = typer.Option(DeviceName.auto, help="auto | cpu | cuda (IVF k-means on the GPU with the faiss GPU build)."),
     seed: int = typer.Option(0, help="Seed of the training sample and k-means."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder (default: refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Build a faiss index of the gallery embeddings (streamed from the file in batches)."""
-    from retrieval.indexes.store import build_index
+    from retrieval.jobs.index import BuildOptions, build
 
-    if kind is not None and factory is not None:
-        raise typer.BadParameter("give --kind or --factory, not both", param_hint="--factory")
-    for value, hint in ((nlist, "--nlist"), (pq_m, "--pq-m"), (pq_bits, "--pq-bits"), (hnsw_m, "--hnsw-m"), (train_size, "--train-size")):
-        _positive(value, hint)
-    if not embeddings.is_file():
-        raise FileNotFoundError(2, "no such file", str(embeddings))
-    chosen_split = _splits_for(embeddings, split, "gallery")
-    batches = _FileBatches(embeddings, chosen_split)
+    options = BuildOptions(kind=kind.value if kind else None, factory=factory, metric=metric.value, nlist=nlist,
+                           pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m, train_size=train_size, device=device.value,
+                           seed=seed, split=split)
     with stage_progress(quiet=json_out) as progress:
-        result = build_index(
-            out,
-            batches,
-            kind=(kind or IndexKind.flat).value,
-            factory=factory,
-            metric=metric.value,
-            nlist=nlist,
-            pq_m=pq_m,
-            pq_bits=pq_bits,
-            hnsw_m=hnsw_m,
-            seed=seed,
-            train_size=train_size,
-            content_hash=batches.content_hash,
-            split=chosen_split,
-            source_path=str(embeddings.resolve()),
-            device=device.value,
-            progress=progress,
-        )
+        result = build(embeddings, out, options, overwrite=overwrite, progress=progress)
     manifest = result.manifest
     if json_out:
         print_json({"index": str(out), "manifest": manifest, "warnings": result.warnings, "notes": result.notes})
         return
-    _say(result.warnings, "warning")
-    _say(result.notes, "note")
+    say(result.warnings, "warning")
+    say(result.notes, "note")
     defaults = ", ".join(f"{k} {v}" for k, v in manifest["search_defaults"].items()) or "none"
     stdout_console().print(
         f"built {manifest['factory']} ({manifest['metric']}) of {manifest['count']} × {manifest['dim']} "
@@ -141,44 +75,6 @@ def build_index_command(
 
 
 # ------------------------------------------------------------------------------------------ search
-
-
-def _read_queries(path: Path, split: Optional[str]):
-    from retrieval.data.store import read_embeddings
-
-    if not path.is_file():
-        raise FileNotFoundError(2, "no such file", str(path))
-    chosen = _splits_for(path, split, "query")
-    return read_embeddings(path, splits=chosen), chosen
-
-
-def results_table(handle, query_ids: np.ndarray, query_pid, distances: np.ndarray, rows: np.ndarray) -> pa.Table:
-    """query_id, rank (1-based), gallery_id, distance, gallery_pid, gallery_camid, is_match, is_junk."""
-    n, k = rows.shape
-    flat_rows = rows.ravel()
-    gallery = handle.rows
-    gallery_pid = gallery.column("pid").take(pa.array(flat_rows))
-    gallery_camid = gallery.column("camid").take(pa.array(flat_rows))
-    table = {
-        "query_id": pa.array(np.repeat(np.asarray(query_ids, dtype=object), k).astype(str), type=pa.string()),
-        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
-        "gallery_id": pa.array(handle.row_ids(flat_rows).astype(str), type=pa.string()),
-        "distance": pa.array(distances.ravel().astype(np.float32)),
-        "gallery_pid": gallery_pid,
-        "gallery_camid": gallery_camid,
-    }
-    if query_pid is not None and gallery_pid.null_count < len(gallery_pid):
-        gp = gallery_pid.to_numpy(zero_copy_only=False)
-        qp = np.repeat(np.asarray(query_pid, dtype=np.int64), k)
-        table["is_match"] = pa.array((qp == gp) & (gp != -1), mask=np.isnan(gp.astype(float)))
-        table["is_junk"] = pa.array(gp == -1, mask=np.isnan(gp.astype(float)))
-    return pa.table(table)
-
-
-def _index_summary(handle) -> dict:
-    m = handle.manifest
-    return {"path": str(handle.path), "factory": m["factory"], "metric": m["metric"], "dim": m["dim"], "count": m["count"],
-            "content_hash": m.get("content_hash")}
 
 
 @app.command("search")
@@ -191,68 +87,42 @@ def search_command(
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch [default: the index's]."),
     device: DeviceName = typer.Option(DeviceName.auto, help="auto | cpu | cuda."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results Parquet file (query_id, rank, gallery_id, distance, gallery_pid, gallery_camid)."),
+    protocol: Optional[ProtocolName] = typer.Option(None, "--protocol", help="Rule of the is_match / is_junk flags (default: market when queries and gallery have cameras, leave-one-out when the queries are gallery items, else no-camera)."),
+    junk_pids: str = typer.Option("-1", "--junk-pids", help="Comma-separated junk identities ('none' for none)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace for the run folder [default: $RETRIEVE_WORKSPACE or ./retrieve-runs]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (default: refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Search an index with query embeddings; writes a results table and a run folder (kind "search")."""
-    from retrieval.indexes.store import load_index
-    from retrieval.runs import write_run
+    from retrieval.jobs.search import SearchOptions, save, search
     from retrieval.workspace import new_run_dir
 
-    if k < 1:
-        raise typer.BadParameter(f"must be at least 1, got {k}", param_hint="--k")
-    _positive(nprobe, "--nprobe")
-    _positive(ef_search, "--ef-search")
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    handle = load_index(index_dir, device=device.value)
-    query_emb, chosen_split = _read_queries(queries, split)
-    timings["load"] = time.perf_counter() - started
-    started = time.perf_counter()
-    found = handle.search_detailed(query_emb.vectors, k, nprobe=nprobe, ef_search=ef_search)
-    timings["search"] = time.perf_counter() - started
-    table = results_table(handle, query_emb.ids, query_emb.pid, found.distances, found.rows)
-    if out is not None:
-        from retrieval.data.store import write_parquet_atomically
-
-        write_parquet_atomically(table.select(["query_id", "rank", "gallery_id", "distance", "gallery_pid", "gallery_camid"]), out)
+    options = SearchOptions(k=k, nprobe=nprobe, ef_search=ef_search, split=split, device=device.value,
+                            protocol=protocol.value if protocol else None, junk_pids=parse_junk_pids(junk_pids))
+    with stage_progress(quiet=json_out) as progress:
+        outcome = search(index_dir, queries, options, out=out, overwrite=overwrite, progress=progress)
     run_dir = new_run_dir(workspace, "search")
-    result = {
-        "kind": "search",
-        "index": _index_summary(handle),
-        "num_queries": len(query_emb),
-        "k": k,
-        "params": found.params,
-        "queries_per_second": len(query_emb) / max(timings["search"], 1e-9),
-        "out": str(out) if out is not None else None,
-        "run_dir": str(run_dir),
-        "notes": list(found.notes),
-    }
-    record = {
-        "kind": "search",
-        "command": "retrieve " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "parameters": {"k": k, "nprobe": found.params["nprobe"], "ef_search": found.params["ef_search"],
-                       "split": chosen_split, "device": device.value, "backend": found.params["backend"]},
-        "inputs": {"embeddings": str(queries), "content_hash": query_emb.content_hash(),
-                   "gallery": handle.manifest.get("content_hash"), "index": str(index_dir)},
-        "versions": handle.manifest.get("versions"),
-        "timings": timings,
-        "result": result,
-    }
-    write_run(run_dir, record, {"rankings": table})
+    command = "retrieve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = save(outcome, run_dir, out, command=command, overwrite=overwrite)
     if json_out:
         print_json(result)
         return
-    _say(list(found.notes), "note")
+    say(result["notes"])
+    _print_search(outcome, result)
+
+
+def _print_search(outcome, result: dict) -> None:
+    handle, found, query_ids = outcome.handle, outcome.found, outcome.queries.ids
     console = stdout_console()
     console.print(
-        f"{len(query_emb)} queries × top {k} from {handle.manifest['factory']} ({handle.count} rows), "
-        f"{result['queries_per_second']:.0f} queries/s; run {run_dir}" + (f"; results {out}" if out else ""),
+        f"{len(query_ids)} queries × top {result['k']} from {handle.manifest['factory']} ({handle.count} rows), "
+        f"{result['queries_per_second']:.0f} queries/s; run {result['run_dir']}"
+        + (f"; results {result['out']}" if result["out"] else ""),
         markup=False,
     )
-    for q in range(min(3, len(query_emb))):
+    for q in range(min(3, len(query_ids))):
         top = ", ".join(f"{gid} ({d:.4f})" for gid, d in zip(handle.row_ids(found.rows[q, :5]), found.distances[q, :5]))
-        console.print(f"  {query_emb.ids[q]}: {top}", markup=False)
+        console.print(f"  {query_ids[q]}: {top}", markup=False)
 
 
 # -------------------------------------------------------------------------------------- index-info
@@ -264,12 +134,10 @@ def index_info_command(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object."),
 ) -> None:
     """Describe an index: factory, metric, size, source embeddings, build parameters, search defaults."""
-    from retrieval.indexes.store import load_index
+    from retrieval.jobs.index import describe
 
-    handle = load_index(index_dir, device="cpu")
-    manifest = dict(handle.manifest)
-    sizes = {p.name: p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file()}
-    info = {"path": str(index_dir), **manifest, "file_bytes": sizes}
+    info = describe(index_dir)
+    manifest, sizes = info, info["file_bytes"]
     if json_out:
         print_json(info)
         return
@@ -299,20 +167,6 @@ def index_info_command(
 # -------------------------------------------------------------------------------------------- tune
 
 
-def _gallery_for_tuning(handle, embeddings: Optional[Path]):
-    """The gallery vectors for exact ground truth, when the index stores compressed codes."""
-    from retrieval.data.store import read_embeddings
-
-    if handle.is_exact or handle.stores_vectors:
-        return None
-    path = embeddings or (Path(handle.manifest["source"]) if handle.manifest.get("source") else None)
-    if path is None or not path.is_file():
-        return None  # tune() says what to pass
-    gallery = read_embeddings(path, splits=handle.manifest.get("split"))
-    handle.check_content_hash(gallery.content_hash())
-    return gallery.vectors
-
-
 @app.command("tune")
 def tune_command(
     index_dir: Path = typer.Argument(..., help="Index folder written by build-index."),
@@ -325,26 +179,12 @@ def tune_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Sweep nprobe (IVF) or efSearch (HNSW): recall@k vs exact search and queries/s; keep the cheapest meeting the target."""
-    from retrieval.indexes.store import load_index
-    from retrieval.indexes.tuning import tune
+    from retrieval.jobs.index import tune
 
-    if k < 1:
-        raise typer.BadParameter(f"must be at least 1, got {k}", param_hint="--k")
-    if not 0 < target_recall <= 1:
-        raise typer.BadParameter(f"must be in (0, 1], got {target_recall}", param_hint="--target-recall")
-    handle = load_index(index_dir, device="cpu")
-    query_emb, _ = _read_queries(queries, split)
-    gallery = _gallery_for_tuning(handle, embeddings)
     with stage_progress(quiet=json_out) as progress:
-        result = tune(handle, query_emb.vectors, k=k, target_recall=target_recall, gallery=gallery, progress=progress)
-    saved = False
-    if save and result.best is not None and result.parameter is not None:
-        value = result.best[result.parameter]
-        tuned = {"parameter": result.parameter, "value": value, "k": k, "target_recall": target_recall,
-                 "recall": result.best["recall"], "queries": str(queries)}
-        handle.save_search_defaults({result.parameter: value}, tuned)
-        saved = True
-    payload = {**result.to_dict(), "index": str(index_dir), "saved": saved}
+        tuning = tune(index_dir, queries, split=split, target_recall=target_recall, k=k, embeddings=embeddings,
+                      save=save, progress=progress)
+    result, handle, saved, payload = tuning.result, tuning.handle, tuning.saved, tuning.summary()
     if json_out:
         print_json(payload)
         return

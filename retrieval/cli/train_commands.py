@@ -5,7 +5,6 @@ Both need torch (the ``train`` extra); it is imported only when they run.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ import typer
 
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName
-from retrieval.runs import json_safe
+from retrieval.cli.options import OVERWRITE_HELP
+from retrieval.console import print_json
 
 TRAIN_LAYOUTS = ("market", "duke", "msmt17", "veri", "folders")
 DATASETS = ("digits",)
@@ -45,10 +45,6 @@ def _image_size(text: Optional[str]) -> tuple[int, int] | None:
     return height, width
 
 
-def _print_json(obj) -> None:
-    typer.echo(json.dumps(json_safe(obj), indent=2, allow_nan=False, default=str))
-
-
 @app.command("train")
 def train_command(
     out: Path = typer.Option(..., "--out", help="Model folder to write (model.pt, config.json, checkpoint.pt)."),
@@ -75,25 +71,16 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (model folder, run folder, last epoch, evaluation)."),
 ) -> None:
     """Train a metric-learning model (BNNeck; PK batches) on images; write a model folder and a run folder."""
+    from retrieval.jobs.train import check_train_options, train
+
     source_dataset, kind, root = _source(layout, dataset)
     size = _image_size(image_size)
-    if backbone is not None and backbone not in ("small-cnn", "resnet"):
-        raise typer.BadParameter(f"unknown backbone {backbone!r}; choose small-cnn or resnet", param_hint="--backbone")
-    if depth is not None and depth not in (10, 18, 34):
-        raise typer.BadParameter("ResNet depth must be 10, 18 or 34", param_hint="--depth")
-    from retrieval.train.combine import parse_loss_spec
-
-    try:
-        parse_loss_spec(loss)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--loss") from None
+    check_train_options(backbone, depth, loss)
     from retrieval.train import require_torch
 
-    torch = require_torch()
-    if threads:
-        torch.set_num_threads(threads)
+    require_torch()
     from retrieval.progress import stage_progress
-    from retrieval.train.trainer import TrainConfig, train
+    from retrieval.train.trainer import TrainConfig
 
     config = TrainConfig(
         model_dir=str(out), dataset=source_dataset, layout=kind, root=root, loss=loss, epochs=epochs, p=p, k=k,
@@ -102,10 +89,15 @@ def train_command(
         workspace=None if workspace is None else str(workspace), command=shlex.join(["retrieve", *sys.argv[1:]]),
     )
     with stage_progress(quiet=as_json) as progress:
-        result = train(config, progress=progress, warn=lambda m: typer.echo(f"retrieve: warning: {m}", err=True))
+        result = train(config, threads=threads, progress=progress,
+                       warn=lambda m: typer.echo(f"retrieve: warning: {m}", err=True))
     if as_json:
-        _print_json(result)
+        print_json(result, indent=2)
         return
+    _print_training(result)
+
+
+def _print_training(result: dict) -> None:
     last = result["last_epoch"] or {}
     typer.echo(f"trained {result['model']} for {result['epochs_done']} epochs on {result['num_train_images']} images "
                f"({result['num_classes']} identities, {result['device']})")
@@ -128,22 +120,18 @@ def embed_command(
     feature: str = typer.Option("post-bn", "--feature", help="post-bn (after the BNNeck, default) or pre-bn; L2-normalised."),
     device: DeviceName = typer.Option(DeviceName.auto, "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {out, rows, dim, feature, normalized, model, device}."),
 ) -> None:
     """Embed every image of a data set with a trained model; write id, embedding, pid, camid, split, path."""
-    source_dataset, kind, root = _source(layout, dataset)
-    if feature not in ("post-bn", "pre-bn"):
-        raise typer.BadParameter("choose post-bn or pre-bn", param_hint="--feature")
-    from retrieval.train import require_torch
-
-    require_torch()
+    from retrieval.jobs.train import embed
     from retrieval.progress import stage_progress
-    from retrieval.train.trainer import embed_to_file
 
+    source_dataset, kind, root = _source(layout, dataset)
     with stage_progress(quiet=as_json) as progress:
-        result = embed_to_file(model_dir, out, dataset=source_dataset, layout=kind, root=root, feature=feature,
-                               device=device.value, batch_size=batch_size, progress=progress)
+        result = embed(model_dir, out, overwrite=overwrite, progress=progress, dataset=source_dataset, layout=kind,
+                       root=root, feature=feature, device=device.value, batch_size=batch_size)
     if as_json:
-        _print_json(result)
+        print_json(result, indent=2)
     else:
         typer.echo(f"wrote {result['rows']} embeddings of dimension {result['dim']} ({result['feature']}, L2-normalised) to {result['out']}")

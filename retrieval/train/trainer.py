@@ -9,7 +9,6 @@ The model folder holds ``model.pt`` (the BNNeck network's state dict), ``config.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -168,17 +167,19 @@ def evaluate_model(model: BNNeckNet, image_set, device, feature: str = "post-bn"
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through retrieval.common.atomic (temporary file, fsync, rename; umask modes)."""
+    from retrieval.common.atomic import atomic_file
+
+    with atomic_file(path, overwrite=True) as temporary:
+        torch.save(obj, temporary)
 
 
 def atomic_write_json(obj, path: Path) -> None:
-    from retrieval.runs import json_safe
+    """JSON (NaN as null) through retrieval.common.atomic."""
+    from retrieval.common.atomic import write_json
+    from retrieval.run_schema import json_safe
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, json_safe(obj), overwrite=True)
 
 
 def check_resume(saved: dict[str, Any], config: TrainConfig) -> None:

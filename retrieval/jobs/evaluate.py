@@ -1,0 +1,368 @@
+"""The evaluate job: options -> plain stage (embeddings or an index's top-k lists) -> optional
+k-reciprocal re-ranking -> optional bootstrap intervals -> a run folder.
+
+Both doors call it: ``retrieve evaluate`` (``retrieval.cli.eval_commands``) and the notebook API
+(``retrieval.evaluate``, ``Gallery.evaluate``, ``EvaluationResult.save``). They differ only in how
+they gather inputs and show the result; the numbers, the run record and the run tables come from
+here, so the same evaluation gives the same run folder through either door.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.eval.distances import EVAL_METRICS
+from retrieval.indexes.distance import metric_from_name
+from retrieval.common.progress import ProgressCallback, no_progress
+from retrieval.errors import OptionError
+from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_dimensions, check_labels
+from retrieval.run_schema import input_paths, ranking_tables, run_record
+
+MAX_RANK = 50  # the CMC curve is always stored up to rank 50 (further when cmc_ranks asks)
+KEEP_TOP = 100  # rankings.parquet: top items per query
+TABLE_RANKS = (1, 5, 10, 20)
+METRICS = EVAL_METRICS
+
+
+# ------------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """k-reciprocal re-ranking (Zhong et al. 2017): k1, k2, λ, the distance it starts from."""
+
+    k1: int = 20
+    k2: int = 6
+    lambda_: float = 0.3
+    distance: str = "squared"  # squared (the paper) | toolkit
+    exclude_junk: bool = False  # leave junk-pid items out of the graph
+
+    def check(self) -> None:
+        if self.k1 < 1:
+            raise OptionError(f"k1 must be ≥ 1, got {self.k1}", "--k1")
+        if self.k2 < 1:
+            raise OptionError(f"k2 must be ≥ 1, got {self.k2}", "--k2")
+        if self.k2 > self.k1:
+            raise OptionError(f"k2 must not exceed k1 (k2 = {self.k2}, k1 = {self.k1})", "--k2")
+        if not 0.0 <= self.lambda_ <= 1.0:
+            raise OptionError(f"lambda must be within [0, 1], got {self.lambda_}", "--lambda", "lambda_")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Top-k mode: score an index's answers (AP labelled mAP@k)."""
+
+    path: Path
+    k: int = 100
+    nprobe: int | None = None
+    topk_ap: str = "in-list"  # in-list | min-r-k
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Everything an evaluation depends on besides its inputs (the run's ``parameters``)."""
+
+    metric: str | None = None  # None: euclidean (with an index: the index's metric, unchecked)
+    protocol: str = "market"
+    junk_pids: tuple[int, ...] = DEFAULT_JUNK_PIDS
+    ap: str = "standard"
+    cmc_ranks: tuple[int, ...] = TABLE_RANKS
+    cmc_mode: str = "multi-gallery-shot"
+    repeats: int = 10
+    seed: int = 0
+    device: str = "auto"
+    rerank: RerankOptions | None = None
+    index: IndexOptions | None = None
+    ci: float | None = None
+    keep_top: int = KEEP_TOP
+    max_rank: int | None = None  # None: 50, or the largest of cmc_ranks when that is more
+    block_rows: int | None = None
+
+    @property
+    def distance(self) -> str:
+        return self.metric or "euclidean"
+
+    @property
+    def stored_ranks(self) -> int:
+        """How far the CMC curve goes: ``max_rank`` when given, else 50 or further when a table rank asks."""
+        return self.max_rank if self.max_rank is not None else max(MAX_RANK, max(self.cmc_ranks, default=1))
+
+    def check(self) -> None:
+        if not self.cmc_ranks or min(self.cmc_ranks) < 1:
+            raise OptionError(f"ranks must be integers ≥ 1, got {list(self.cmc_ranks)}", "--cmc-ranks")
+        if self.max_rank is not None and self.max_rank < 1:
+            raise OptionError(f"max_rank must be at least 1, got {self.max_rank}", "--max-rank")
+        if self.ci is not None and not 0.0 < self.ci < 1.0:
+            raise OptionError(f"the confidence level must be within (0, 1), got {self.ci}", "--ci")
+        if self.metric is not None and self.metric not in METRICS:
+            raise OptionError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRICS)}", "--metric")
+        if self.index is not None and self.index.k < 1:
+            raise OptionError(f"k must be at least 1, got {self.index.k}", "--k")
+        if self.rerank is not None:
+            self.rerank.check()
+
+    def parameters(self, compute_device: str, splits: dict[str, str | None]) -> dict[str, Any]:
+        """The run.json ``parameters`` of this evaluation."""
+        rerank = self.rerank or RerankOptions()
+        index = self.index
+        return {
+            **splits,
+            "metric": self.distance, "protocol": self.protocol, "junk_pids": list(self.junk_pids), "ap": self.ap,
+            "cmc_ranks": list(self.cmc_ranks), "cmc_mode": self.cmc_mode, "repeats": self.repeats,
+            "device": self.device, "compute_device": compute_device, "rerank": self.rerank is not None,
+            "k1": rerank.k1, "k2": rerank.k2, "lambda": rerank.lambda_, "rerank_distance": rerank.distance,
+            "rerank_exclude_junk": rerank.exclude_junk,
+            "index": None if index is None else str(Path(index.path).absolute()),
+            "k": None if index is None else index.k, "nprobe": None if index is None else index.nprobe,
+            "topk_ap": None if index is None else index.topk_ap, "ci": self.ci, "seed": self.seed,
+            "max_rank": self.stored_ranks, "keep_top": self.keep_top,
+        }
+
+
+# ------------------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the final stage (re-ranked when asked), the plain stage, and how it was made."""
+
+    final: Any  # eval.evaluate.RankingResult
+    plain: Any  # the same object when not re-ranked
+    options: EvaluateOptions
+    compute_device: str
+    rerank_params: dict | None = None
+    ci: dict | None = None
+    splits: dict = field(default_factory=lambda: {"query_split": None, "gallery_split": None})
+    inputs: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reranked(self) -> bool:
+        return self.final is not self.plain
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` object (``run_dir`` is added when the run is saved): the final stage's metrics."""
+        result = self.final.to_dict()
+        result["rerank"] = self.rerank_params
+        if self.reranked:
+            before = self.plain.to_dict()
+            result["before_rerank"] = {key: before[key] for key in (self.plain.ap_key, "mINP", "mAP_at_R", "cmc")}
+            if self.plain.topk is not None:
+                result["before_rerank"]["topk"] = self.plain.topk
+        if self.ci is not None:
+            result["ci"] = self.ci
+        return result
+
+    def parameters(self) -> dict[str, Any]:
+        return self.options.parameters(self.compute_device, self.splits)
+
+    def tables(self):
+        return ranking_tables(self.final, self.plain, self.options.cmc_ranks)
+
+
+# ------------------------------------------------------------------------------------- the stages
+
+
+def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options: EvaluateOptions, *,
+             index_handle=None, splits: dict | None = None, inputs: dict | None = None,
+             progress: ProgressCallback | None = None) -> Evaluation:
+    """Run the evaluation ``options`` describe on labelled queries and gallery.
+
+    ``gallery`` may be None in top-k mode when only the index holds it (no re-ranking then).
+    ``index_handle``: an opened index (else ``options.index.path`` is opened when given).
+    """
+    from retrieval.eval.distances import resolve_device
+
+    options.check()
+    progress = progress or no_progress
+    check_labels([("queries", queries), ("gallery", gallery)], options.protocol)
+    check_dimensions(queries, gallery)
+    if (options.index is None or options.rerank is not None) and gallery is None:
+        raise OptionError("the gallery's vectors are needed (no index top-k mode, or re-ranking)", "--gallery")
+    compute_device = resolve_device(options.device)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    clock = time.perf_counter()
+    if options.index is not None or index_handle is not None:
+        plain = _index_stage(queries, gallery, options, index_handle, notes, progress)
+        timings["index_search_and_rank"] = time.perf_counter() - clock
+    else:
+        plain = _ranking_stage(_embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
+                               progress)
+        timings["distances_and_rank"] = time.perf_counter() - clock
+    final, rerank_params = plain, None
+    if options.rerank is not None:
+        if options.index is not None or index_handle is not None:
+            notes.append("re-ranking uses the embeddings (it needs query-query and gallery-gallery neighbourhoods), "
+                         "not the index")
+        clock = time.perf_counter()
+        source = _rerank_source(queries, gallery, options, compute_device, progress)
+        final, rerank_params = _ranking_stage(source, queries, gallery, options, progress), source.params
+        timings["rerank"] = time.perf_counter() - clock
+    ci = confidence_intervals(final, options.ci, options.seed, notes) if options.ci is not None else None
+    return Evaluation(final=final, plain=plain, options=options, compute_device=compute_device,
+                      rerank_params=rerank_params, ci=ci, splits=dict(splits or {"query_split": None, "gallery_split": None}),
+                      inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes))
+
+
+def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
+                   options: EvaluateOptions, progress: ProgressCallback | None = None) -> Evaluation:
+    """Read the queries and gallery the split rules select (``jobs.inputs``) and evaluate them."""
+    from retrieval.jobs.inputs import evaluation_sets
+
+    options.check()
+    clock = time.perf_counter()
+    index = None if options.index is None else options.index.path
+    sets = evaluation_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol,
+                           need_gallery=index is None or options.rerank is not None, index=index)
+    seconds = time.perf_counter() - clock
+    evaluation = evaluate(sets.queries, sets.gallery, options, splits=sets.splits, inputs=sets.inputs,
+                          progress=progress)
+    return with_timing(evaluation, "load", seconds)
+
+
+def default_inputs(queries: LabelledVectors, gallery: LabelledVectors | None) -> dict[str, Any]:
+    """run.json ``inputs`` when the caller gave arrays or Embeddings objects: the files they came from."""
+    query_file = queries.source or None
+    gallery_file = gallery.source if gallery is not None and gallery.source else None
+    if gallery_file == query_file:
+        gallery_file = None
+    return {**input_paths(embeddings=query_file), "content_hash": None, **input_paths(gallery=gallery_file),
+            **input_paths(index=None)}
+
+
+def _embedding_source(queries, gallery, options: EvaluateOptions, device: str):
+    from retrieval.eval.distances import EmbeddingDistances
+
+    return EmbeddingDistances(queries.vectors, gallery.vectors, metric=options.distance, device=device)
+
+
+def _ranking_stage(source, queries: LabelledVectors, gallery: LabelledVectors, options: EvaluateOptions, progress):
+    from retrieval.eval.evaluate import evaluate_ranking
+
+    market = options.protocol == "market"
+    return evaluate_ranking(
+        source, queries.pid, gallery.pid, queries.camid if market else None, gallery.camid if market else None,
+        protocol=options.protocol, junk_pids=options.junk_pids, ap_variant=options.ap, query_ids=queries.ids,
+        gallery_ids=gallery.ids, max_rank=options.stored_ranks, keep_top=options.keep_top, cmc_mode=options.cmc_mode,
+        repeats=options.repeats, seed=options.seed, block_rows=options.block_rows, metric=options.distance,
+        progress=progress,
+    )
+
+
+def _rerank_source(queries, gallery, options: EvaluateOptions, device: str, progress):
+    from retrieval.eval.rerank import RerankedDistances
+
+    rerank = options.rerank
+    exclude = None
+    if rerank.exclude_junk:
+        exclude = np.concatenate([np.isin(queries.pid, options.junk_pids), np.isin(gallery.pid, options.junk_pids)])
+    graph_size = len(queries) + len(gallery) - (0 if exclude is None else int(exclude.sum()))
+    if rerank.k1 >= graph_size:
+        raise OptionError(f"k1 must be smaller than the {graph_size} items of the re-ranking graph, got {rerank.k1}",
+                          "--k1")
+    return RerankedDistances(
+        queries.vectors, gallery.vectors, k1=rerank.k1, k2=rerank.k2, lambda_=rerank.lambda_,
+        distance=rerank.distance, metric=options.distance, exclude_from_graph=exclude, progress=progress, device=device,
+    )
+
+
+def _index_stage(queries: LabelledVectors, gallery: LabelledVectors | None, options: EvaluateOptions, handle,
+                 notes: list[str], progress):
+    """Search the index with the queries and score its top-k lists (AP labelled mAP@k)."""
+    from retrieval.eval.evaluate import evaluate_topk
+
+    index = options.index or IndexOptions(path=Path(handle.path))
+    if handle is None:
+        from retrieval.indexes.store import load_index
+
+        handle = load_index(index.path, device=options.device)
+    if options.metric is not None:
+        handle.check_metric(options.metric)
+    if gallery is not None and gallery.vectors.shape[1] > 0:
+        from retrieval.data.hashing import content_hash
+
+        handle.check_content_hash(content_hash(gallery.ids, gallery.vectors))
+    else:
+        notes.append("the gallery's embeddings are not in the file: the index's content hash was not checked")
+    gallery_pid, gallery_camid = index_row_labels(handle, options.protocol)
+    if index.k > handle.count:
+        raise OptionError(f"k = {index.k} is larger than the index's {handle.count} items", "--k")
+    distances, found = handle.search(queries.vectors, index.k, nprobe=index.nprobe)
+    market = options.protocol == "market"
+    return evaluate_topk(
+        found, distances, queries.pid, gallery_pid, queries.camid if market else None, gallery_camid,
+        protocol=options.protocol, junk_pids=options.junk_pids, ap_variant=options.ap, query_ids=queries.ids,
+        gallery_ids=handle.row_ids(np.arange(handle.count)), max_rank=options.stored_ranks,
+        keep_top=options.keep_top, metric=index_distance_name(handle.metric, handle.is_exact), topk_ap=index.topk_ap,
+        progress=progress,
+    )
+
+
+def index_row_labels(handle, protocol: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The gallery pid (and camid under market) of an index's rows; an error when the protocol lacks them."""
+    from retrieval.data.errors import DataError
+    from retrieval.indexes.errors import FaissIndexError
+
+    gallery_pid = complete_int_column(handle.rows, "pid")
+    if gallery_pid is None:
+        raise FaissIndexError(f"{handle.path}: the index's rows carry no pid; it cannot be evaluated")
+    if protocol != "market":
+        return gallery_pid, None
+    gallery_camid = complete_int_column(handle.rows, "camid")
+    if gallery_camid is None:
+        raise DataError(f"{handle.path}: the index's rows carry no camid (use --protocol no-camera)")
+    return gallery_pid, gallery_camid
+
+
+def complete_int_column(table, name: str) -> np.ndarray | None:
+    """An integer column as int64 when every row has a value, else None."""
+    if name not in table.column_names or table.column(name).null_count:
+        return None
+    return np.asarray(table.column(name).to_numpy(), dtype=np.int64)
+
+
+def index_distance_name(index_metric: str, exact: bool) -> str:
+    base = metric_from_name(index_metric).value
+    return f"{base} (index {index_metric}, {'exact' if exact else 'approximate'})"
+
+
+def confidence_intervals(result, level: float, seed: int, notes: list[str]) -> dict:
+    """Bootstrap intervals over the valid queries for mAP (or mAP@k) and rank-1."""
+    from retrieval.eval.confidence import bootstrap_mean_interval
+
+    table = result.per_query
+    valid = np.asarray(table.column("valid").to_pylist(), dtype=bool)
+    ap = np.asarray(table.column("ap").to_pylist(), dtype=object)[valid].astype(np.float64)
+    first = np.asarray(table.column("first_match_rank").fill_null(0).to_pylist(), dtype=np.int64)[valid]
+    out = {"level": level, "seed": seed, result.ap_key: list(bootstrap_mean_interval(ap, confidence=level, seed=seed))}
+    if result.cmc_mode == "multi-gallery-shot":
+        out["rank-1"] = list(bootstrap_mean_interval((first == 1).astype(np.float64), confidence=level, seed=seed))
+    else:  # single-gallery-shot rank-1 is an average over samplings, not a per-query 0/1 value
+        out["rank-1"] = None
+        notes.append("no bootstrap interval for rank-1 under single-gallery-shot CMC")
+    return out
+
+
+# ------------------------------------------------------------------------------------- the run folder
+
+
+def save(evaluation: Evaluation, run_dir: Path, *, command: str, overwrite: bool) -> Path:
+    """Write the evaluation's run folder (kind ``evaluate``); the ``result`` is the ``--json`` object."""
+    from retrieval.runs import write_run
+
+    result = {**evaluation.summary(), "run_dir": str(run_dir)}
+    record = run_record("evaluate", command, evaluation.parameters(), evaluation.inputs, evaluation.timings, result)
+    return write_run(run_dir, record, evaluation.tables(), overwrite=overwrite)
+
+
+def with_timing(evaluation: Evaluation, name: str, seconds: float) -> Evaluation:
+    """The evaluation with one more timing (e.g. reading the files) first in its timings."""
+    return replace(evaluation, timings={name: seconds, **evaluation.timings})
+
