@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from retrieval.common.progress import ProgressCallback
 
 GROUP_SIZE = 8  # identities per look-alike group
-FACES_DIFFICULTY = 0.35  # the faces preset: a well-trained face model (people well apart)
+FACES_DIFFICULTY = 0.25  # the faces preset: a well-trained face model, as the million preset (people well apart)
 BATCH_ROWS = 50_000
 POSES = 8
 LATENT_DIM = 64
@@ -196,6 +197,32 @@ def row_ids(split: np.ndarray, start: int, queries: int) -> list[str]:
     return [f"q{i:07d}" if s == 0 else f"g{i - queries:07d}" for i, s in zip(range(start, start + len(split)), split)]
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch of generated rows (queries first, then gallery)."""
+
+    start: int
+    ids: list[str]
+    vectors: np.ndarray
+    pid: np.ndarray
+    camid: np.ndarray
+    split: np.ndarray  # 0 = query, 1 = gallery
+
+
+def batches(preset: str | Preset, seed: int, difficulty: float = 1.0,
+            batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """The preset's rows, batch by batch (what ``generate`` writes; benchmarks take them in memory)."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    plan = plan_rows(preset, seed)
+    directions = draw_directions(preset, seed)
+    for batch, start in enumerate(range(0, len(plan), batch_rows)):
+        stop = min(start + batch_rows, len(plan))
+        rng = np.random.default_rng([seed, 2, batch])
+        pid, camid, split = plan.pid[start:stop], plan.camid[start:stop], plan.split[start:stop]
+        vectors = draw_vectors(directions, pid, camid, difficulty * preset.base_difficulty, rng)
+        yield Batch(start, row_ids(split, start, preset.queries), vectors, pid, camid, split)
+
+
 def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: float = 1.0,
              batch_rows: int = BATCH_ROWS, progress: ProgressCallback | None = None, *,
              overwrite: bool = True) -> Path:
@@ -205,18 +232,13 @@ def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: 
     from retrieval.data.writer import EmbeddingsWriter
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
-    plan = plan_rows(preset, seed)
-    directions = draw_directions(preset, seed)
+    total = preset.queries + preset.gallery
     split_names = np.array(["query", "gallery"], dtype=object)
     with EmbeddingsWriter(out_path, preset.dim, model=f"synthetic:{preset.name}:seed={seed}:difficulty={difficulty}",
                           normalized=True, overwrite=overwrite) as writer:
-        for batch, start in enumerate(range(0, len(plan), batch_rows)):
-            stop = min(start + batch_rows, len(plan))
-            rng = np.random.default_rng([seed, 2, batch])
-            pid, camid, split = plan.pid[start:stop], plan.camid[start:stop], plan.split[start:stop]
-            vectors = draw_vectors(directions, pid, camid, difficulty * preset.base_difficulty, rng)
-            writer.write(row_ids(split, start, preset.queries), vectors, pid=pid, camid=camid.astype(np.int32),
-                         split=split_names[split])
+        for batch in batches(preset, seed, difficulty, batch_rows):
+            writer.write(batch.ids, batch.vectors, pid=batch.pid, camid=batch.camid.astype(np.int32),
+                         split=split_names[batch.split])
             if progress is not None:
-                progress("synthesising", stop, len(plan))
+                progress("synthesising", batch.start + len(batch.ids), total)
     return Path(out_path)

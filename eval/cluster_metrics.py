@@ -14,7 +14,7 @@ b_j = Σ_i n_ij:
 ``num_clusters`` and ``singleton_fraction`` describe the whole clustering (every item);
 ``num_classes`` the scoring set. ``cluster_quality`` gives each cluster's mean pairwise cosine
 similarity, from its sum vector: (‖Σ x̂‖² − Σ ‖x̂‖²) / (n(n − 1)), computed from correctly rounded
-sums (``eval.group_sums``), so it does not depend on the row order.
+sums (``indexes.group_sums``), so it does not depend on the row order.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from retrieval.eval.group_sums import exact_group_sums
+from retrieval.indexes.group_sums import exact_group_sums
 from retrieval.eval.protocol import DISTRACTOR_PID
 from retrieval.indexes.distance import normalise, squared_norms
 

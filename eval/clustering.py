@@ -24,10 +24,11 @@ first), then by the smallest item id (or row) in the cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from retrieval.common.progress import ProgressCallback
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, key_to_distance
 from retrieval.indexes.errors import FaissIndexError
@@ -38,10 +39,10 @@ METRICS = ("cosine", "euclidean", "sqeuclidean")
 LINKAGES = ("average", "complete", "single")
 DEFAULT_K = 20
 AUTO_POINTS = 12
+MIN_AUTO_POINTS = 8
 DEFAULT_MAX_DENSE_BYTES = 4 * 2**30
 DENSE_COPIES = 2  # our exact matrix, and scikit-learn's working copy (condensed or neighbourhoods)
 _LOOKUP_CHUNK = 8_000_000  # membership look-ups per chunk of the rank-order distances
-ProgressCallback = Callable[[str, int, int], None]
 
 
 class ThresholdError(EvaluationError):
@@ -289,15 +290,22 @@ def check_threshold(method: str, metric: str, k: int, threshold: float) -> float
 
 
 def auto_thresholds(values: np.ndarray, method: str, metric: str, k: int, count: int = AUTO_POINTS) -> list[float]:
-    """``count`` thresholds evenly spaced from the 1st to the 99th percentile of the values the
-    method compares (link values, or neighbour distances), inside the method's range."""
+    """At least ``MIN_AUTO_POINTS`` thresholds inside the method's range, from the values it
+    compares (link values, or neighbour distances): halfway between the value at each of ``count``
+    quantiles from 2% to 98% and the next larger value (so "below the threshold" takes every value
+    up to that quantile); when ties leave fewer, evenly spaced points over the values' span are added."""
     low, high = threshold_range(method, metric, k)
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = (np.quantile(values, [0.01, 0.99]) if len(values) else (low, low))
-    if not hi > lo:
-        lo, hi = low, (high if np.isfinite(high) else max(1.0, 2 * float(hi)))
-    grid = np.linspace(lo, hi, count + 1)[1:]
-    return [float(t) for t in np.clip(grid, np.nextafter(low, np.inf), high)]
+    distinct = np.unique(np.asarray(values, dtype=np.float64))
+    chosen: set[float] = set()
+    if len(distinct):
+        ranks = np.searchsorted(distinct, np.quantile(values, np.linspace(0.02, 0.98, count), method="lower"))
+        upper = np.append(distinct[1:], distinct[-1] + max(distinct[-1] - distinct[0], 1.0) / count)
+        chosen = {float((distinct[j] + upper[j]) / 2) for j in ranks}
+    chosen = {t for t in chosen if low < t <= high}
+    if len(chosen) < MIN_AUTO_POINTS:
+        top = min(float(distinct[-1]) if len(distinct) and distinct[-1] > low else 1.0, high)
+        chosen |= {float(t) for t in np.linspace(low, top, MIN_AUTO_POINTS + 1)[1:]}
+    return sorted(chosen)
 
 
 # --------------------------------------------------------------------------- one door

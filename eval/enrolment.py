@@ -8,7 +8,7 @@
 * Templates: ``item`` — one column per enrolled item, an identity scoring as its best item;
   ``mean`` — one column per identity, the L2-normalised sum of its L2-normalised items (the
   common IJB practice; the sum is correctly rounded to float32 before normalising, see
-  ``eval.group_sums``, so it does not depend on the gallery's row order).
+  ``indexes.group_sums``, so it does not depend on the gallery's row order).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Iterable
 import numpy as np
 
 from retrieval.eval.errors import EvaluationError
-from retrieval.eval.group_sums import exact_group_sums
+from retrieval.indexes.group_sums import exact_group_sums
 from retrieval.eval.protocol import DISTRACTOR_PID
 from retrieval.indexes.distance import normalise
-from retrieval.indexes.errors import FaissIndexError, few
+from retrieval.common.text import few
+from retrieval.indexes.errors import FaissIndexError
 
 TEMPLATES = ("item", "mean")
 

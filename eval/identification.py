@@ -23,11 +23,12 @@ are not seen: labelled as top-k candidates everywhere).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from retrieval.common.progress import ProgressCallback
 from retrieval.eval.distances import DistanceBlock, DistanceSource, EmbeddingDistances, block_rows_for
 from retrieval.eval.enrolment import Enrolment, Templates, build_templates, check_pids, enrol
 from retrieval.eval.errors import EvaluationError
@@ -46,7 +47,7 @@ from retrieval.indexes.distance import above, below, key_to_distance, normalise
 
 METRICS = ("cosine", "euclidean")
 EXHAUSTIVE = "exhaustive"
-ProgressCallback = Callable[[str, int, int], None]
+
 
 PER_PROBE_SCHEMA = pa.schema(
     [

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.eval.errors import EvaluationError
-from retrieval.eval.group_sums import exact_group_sums
+from retrieval.indexes.group_sums import exact_group_sums
 from retrieval.eval.identification import (
     identification_task,
     identify,

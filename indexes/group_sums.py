@@ -6,7 +6,8 @@ to the exact real sum of the group's float32 values. As in the distance core
 where the bound straddles a float32 rounding point (rare) the sum is taken exactly in integer
 arithmetic. A correctly rounded result is unique, so the rows may come in any order.
 
-Used for 1:N ``mean`` templates (protocols §6) and for clusters' mean similarities (§7).
+Used for 1:N ``mean`` templates (protocols §6), clusters' mean similarities (§7) and the
+deterministic k-means of ``indexes.knn_graph``.
 """
 
 from __future__ import annotations
