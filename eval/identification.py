@@ -32,6 +32,7 @@ from retrieval.common.progress import ProgressCallback
 from retrieval.eval.distances import DistanceBlock, DistanceSource, EmbeddingDistances, block_rows_for
 from retrieval.eval.enrolment import Enrolment, Templates, build_templates, check_pids, enrol
 from retrieval.eval.errors import EvaluationError
+from retrieval.eval.evaluate import _ids
 from retrieval.eval.open_set import (
     DEFAULT_FPIRS,
     DEFAULT_RANKS,
@@ -269,15 +270,6 @@ def identification_task(probe_vectors: np.ndarray, gallery_vectors: np.ndarray, 
     mate = enrolment.mate_identity(probe_pid) if probe_pid is not None else np.full(len(rows), -1, np.int64)
     return IdentificationTask(enrolment, templates, metric, source, rows, probe_pid, mate, probe_ids[rows],
                               _ids(gallery_ids, enrolment.num_gallery, "g"), len(probe_ids) - len(rows))
-
-
-def _ids(ids, count: int, prefix: str) -> np.ndarray:
-    if ids is None:
-        return np.array([f"{prefix}{i}" for i in range(count)], dtype=object)
-    ids = np.asarray(ids, dtype=object)
-    if len(ids) != count:
-        raise EvaluationError(f"{len(ids)} ids given for {count} items")
-    return ids
 
 
 @dataclass(frozen=True)

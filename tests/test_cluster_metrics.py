@@ -28,7 +28,7 @@ labellings = st.integers(1, 40).flatmap(lambda n: st.tuples(
     st.lists(st.integers(0, 6), min_size=n, max_size=n), st.lists(st.integers(-1, 5), min_size=n, max_size=n)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(labellings)
 def test_metrics_equal_their_definitions_and_scikit_learn(data):
     labels, pid = np.array(data[0]), np.array(data[1])
@@ -69,7 +69,7 @@ def test_metrics_equal_their_definitions_and_scikit_learn(data):
     assert (m.num_items, m.num_scored) == (len(labels), n)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(labellings, st.integers(0, 2**32 - 1))
 def test_row_order_changes_no_bit(data, seed):
     labels, pid = np.array(data[0]), np.array(data[1])

@@ -174,6 +174,28 @@ def test_identification_does_not_depend_on_the_kernel(data, template, metric, se
     assert result.to_dict() == reference_result.to_dict()
 
 
+class TorchPath:
+    """The GPU path's blocks (torch, full float32) computed on the CPU."""
+
+    def __init__(self, source):
+        self.source = source
+        self.num_queries, self.num_gallery, self.metric = source.num_queries, source.num_gallery, source.metric
+
+    def blocks(self, block_rows):
+        return self.source.torch_blocks(block_rows, "cpu")
+
+
+@pytest.mark.parametrize("template", ["item", "mean"])
+def test_the_gpu_code_path_gives_the_same_result(template):
+    pytest.importorskip("torch")
+    q, g, qpid, gpid = float_faces(11)
+    task = identification_task(q, g, qpid, gpid, template=template)
+    scores = score_exhaustive(TorchPath(task.source), task.templates.identity, task.enrolment.num_identities,
+                              task.mate_identity, block_rows=9)
+    reference = identify(q, g, qpid, gpid, template=template)
+    assert summarise(task, scores).per_probe.equals(reference.per_probe)
+
+
 def float_faces(seed, n_ids=30, per_id=4, n_probes=80, dim=24, noise=0.6):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_ids + 10, dim))

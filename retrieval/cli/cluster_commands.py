@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from retrieval.cli.app import app
-from retrieval.cli.choices import DeviceName
+from retrieval.cli.choices import DeviceName, SimilarityMetric
 from retrieval.cli.options import OVERWRITE_HELP
 from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
@@ -25,11 +25,6 @@ class MethodName(str, Enum):
     components = "components"
     agglomerative = "agglomerative"
     dbscan = "dbscan"
-
-
-class ClusterMetric(str, Enum):
-    cosine = "cosine"
-    euclidean = "euclidean"
 
 
 class ListKind(str, Enum):
@@ -45,7 +40,7 @@ def cluster_command(
     k: int = typer.Option(20, "--k", help="Neighbours per item in the k-NN lists (rank-order: about the images per person)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Merge below this value (rank-order distance, or a distance in the metric's units)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated thresholds, or auto (at least 8 over the method's range; the default)."),
-    metric: ClusterMetric = typer.Option(ClusterMetric.cosine, "--metric", help="Distance: cosine (1 − cos) or euclidean."),
+    metric: SimilarityMetric = typer.Option(SimilarityMetric.cosine, "--metric", help="Distance: cosine (1 − cos) or euclidean."),
     index: Optional[Path] = typer.Option(None, "--index", help="Take the k-NN lists from an index built from these rows."),
     kind: Optional[ListKind] = typer.Option(None, "--kind", help="k-NN lists: flat (exact, default) or ivf (the engine's IVF: approximate reach, exact order)."),
     device: DeviceName = typer.Option(DeviceName.auto, "--device", help="Where the exact k-NN is computed."),

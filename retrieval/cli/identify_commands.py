@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from retrieval.cli.app import app
-from retrieval.cli.choices import DeviceName
+from retrieval.cli.choices import DeviceName, SimilarityMetric
 from retrieval.cli.options import OVERWRITE_HELP, parse_fars, parse_int_list
 from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
@@ -24,11 +24,6 @@ class TemplateName(str, Enum):
     mean = "mean"
 
 
-class IdentifyMetric(str, Enum):
-    cosine = "cosine"
-    euclidean = "euclidean"
-
-
 @app.command("identify")
 def identify_command(
     embeddings: Path = typer.Argument(..., help="Embeddings Parquet file holding the probes (and usually the gallery)."),
@@ -36,7 +31,7 @@ def identify_command(
     probe_split: Optional[str] = typer.Option(None, "--probe-split", help="Split of the probes (default: query)."),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Take the gallery from another embeddings file."),
     template: TemplateName = typer.Option(TemplateName.item, "--template", help="item: an identity scores as its best image; mean: one L2-normalised mean template per identity."),
-    metric: IdentifyMetric = typer.Option(IdentifyMetric.cosine, "--metric", help="cosine (similarity, accept s > t) or euclidean (distance, accept d < t)."),
+    metric: SimilarityMetric = typer.Option(SimilarityMetric.cosine, "--metric", help="cosine (similarity, accept s > t) or euclidean (distance, accept d < t)."),
     fpir: str = typer.Option("1e-3,1e-2,1e-1", "--fpir", help="Comma-separated FPIR targets for TPIR@FPIR."),
     ranks: str = typer.Option("1,5,10,20", "--ranks", help="Closed-set CMC ranks shown (the curve to 50 is stored)."),
     index: Optional[Path] = typer.Option(None, "--index", help="Score an index's top-k candidate lists instead of the whole gallery (item template)."),
