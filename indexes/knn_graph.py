@@ -178,7 +178,7 @@ def _cell_search(vectors, probes, k, progress):
         if progress is not None:
             progress("ivf search", c + 1, cells.count)
     rows, cols, approx = (np.concatenate(part) for part in (rows, cols, approx))
-    return _exact_first_k(vectors, rows, cols, approx, n, k, probes)
+    return _exact_first_k(vectors, rows, cols, approx, n, k)
 
 
 def _own_cell_bounds(vectors, cells: _Cells, k: int, progress) -> np.ndarray:
@@ -197,22 +197,31 @@ def _own_cell_bounds(vectors, cells: _Cells, k: int, progress) -> np.ndarray:
     return upper
 
 
-def _exact_first_k(vectors, rows, cols, approx, n: int, k: int, probes) -> tuple[np.ndarray, np.ndarray]:
+def _exact_first_k(vectors, rows, cols, approx, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's first k of the kept entries by (exact key, column): exact keys for the entries
-    within twice the bound of the row's k-th approximate value."""
-    counts = np.bincount(rows, minlength=n)
-    short = np.flatnonzero(counts < k)
+    within twice the bound of the row's k-th approximate value. A row whose probed cells hold
+    fewer than k rows (tiny cells) is searched against every row instead."""
+    keys_out = np.empty((n, k), np.float32)
+    idx_out = np.empty((n, k), np.int64)
+    short = np.flatnonzero(np.bincount(rows, minlength=n) < k)
     if len(short):
-        raise FaissIndexError(
-            f"{len(short)} rows reach fewer than k = {k} rows through their {probes.shape[1]} probed cells "
-            f"(rows {', '.join(map(str, short[:5]))}); use a larger nprobe or fewer cells"
-        )
-    order = np.lexsort((approx, rows))
-    rows, cols, approx = rows[order], cols[order], approx[order]
-    kth = approx[np.searchsorted(rows, np.arange(n)) + k - 1].astype(np.float64)
+        keys_out[short], idx_out[short] = exact_knn_between(vectors[short], vectors, k, metric="sqeuclidean")
+        keep = ~np.isin(rows, short)
+        rows, cols, approx = rows[keep], cols[keep], approx[keep]
+    full = np.setdiff1d(np.arange(n), short)
+    if len(full) == 0:
+        return keys_out, idx_out
+    local = np.searchsorted(full, rows)
+    order = np.lexsort((approx, local))
+    local, cols, approx = local[order], cols[order], approx[order]
+    kth = approx[np.searchsorted(local, np.arange(len(full))) + k - 1].astype(np.float64)
     norms = np.sqrt(squared_norms(vectors).astype(np.float64)) * (1.0 + 2.0**-20)
-    bounds = BlockBounds(gemm_error_coefficient(vectors.shape[1]), norms, float(norms.max(initial=0.0)), squared=True)
-    keep = approx <= above(kth, 2.0 * bounds.rows(0, n))[rows]  # every cell's bound is at most this one
-    rows, cols = rows[keep], cols[keep]
-    keys = exact_pair_keys(vectors, rows, vectors, cols, Metric.SQEUCLIDEAN)
-    return first_k_per_row(rows, cols, keys, n, k)
+    bounds = BlockBounds(gemm_error_coefficient(vectors.shape[1]), norms[full], float(norms.max(initial=0.0)),
+                         squared=True)
+    keep = approx <= above(kth, 2.0 * bounds.rows(0, len(full)))[local]  # every cell's bound is at most this one
+    local, cols = local[keep], cols[keep]
+    keys = exact_pair_keys(vectors, full[local], vectors, cols, Metric.SQEUCLIDEAN)
+    keys_out[full], idx_out[full] = first_k_per_row(local, cols, keys, len(full), k)
+    return keys_out, idx_out
+
+

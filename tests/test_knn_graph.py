@@ -88,5 +88,11 @@ def test_bad_arguments():
         ivf_knn(x, 3, "ip")
     with pytest.raises(FaissIndexError, match="k must be between"):
         ivf_knn(x, len(x) + 1)
-    with pytest.raises(FaissIndexError, match="reach fewer than k"):
-        ivf_knn(x, 40, nlist=30, nprobe=1)
+
+
+def test_rows_whose_cells_hold_fewer_than_k_rows_are_searched_exactly():
+    x = people(6)
+    dist, idx, _ = ivf_knn(x, 40, "cosine", nlist=30, nprobe=1)  # cells of ~8 rows, k = 40
+    want_d, want_i = exact_knn(x, 40, "cosine")
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(dist, want_d)
