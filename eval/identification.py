@@ -20,6 +20,7 @@ identities outside a list are not seen, labelled as top-k candidates everywhere)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -42,7 +43,8 @@ from retrieval.eval.open_set import (
     unreachable_warnings,
 )
 from retrieval.eval.identification_scores import ProbeScores, score_exhaustive, score_lists  # noqa: F401
-from retrieval.indexes.distance import key_to_distance, normalise
+from retrieval.indexes.distance import exact_pair_keys, key_to_distance, metric_from_name, normalise, prepare
+from retrieval.indexes.errors import FaissIndexError
 
 METRICS = ("cosine", "euclidean")
 EXHAUSTIVE = "exhaustive"
@@ -81,13 +83,29 @@ class IdentificationTask:
     enrolment: Enrolment
     templates: Templates
     metric: str
-    source: EmbeddingDistances  # probe × template-column keys
+    probes: np.ndarray  # (P, d) as scored (mean template with euclidean: L2-normalised)
     probe_rows: np.ndarray  # (P,) the probes' rows in the input
     probe_pid: np.ndarray | None  # (P,) or None when the probes carry no pid
     mate_identity: np.ndarray  # (P,) −1: non-mated (or unknown)
     probe_ids: np.ndarray  # (P,) strings
     gallery_ids: np.ndarray  # (G,) strings
     num_dropped: int  # junk-pid probes
+    device: str = "cpu"
+
+    @cached_property
+    def source(self) -> EmbeddingDistances:
+        """Probe × template-column keys in blocks (the exhaustive scan prepares every template)."""
+        return EmbeddingDistances(self.probes, self.templates.vectors, metric=self.metric, device=self.device)
+
+    def exact_keys(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Exact keys of (probe, template column) pairs, preparing only the columns named."""
+        core = metric_from_name(self.metric)
+        used, inverse = np.unique(cols, return_inverse=True)
+        try:
+            probes, templates = prepare(self.probes, core, "probes"), prepare(self.templates.vectors[used], core, "gallery")
+        except FaissIndexError as error:
+            raise EvaluationError(str(error)) from None
+        return exact_pair_keys(probes, rows, templates, inverse, core)
 
     def to_score(self, keys: np.ndarray) -> np.ndarray:
         """Keys → reported scores (float64): cosine similarity 1 − key/2, or euclidean distance √key."""
@@ -119,10 +137,12 @@ def identification_task(probe_vectors: np.ndarray, gallery_vectors: np.ndarray, 
     probes = probes[rows] if len(rows) < len(probes) else probes
     if template == "mean" and metric == "euclidean":
         probes = normalise(probes, "probes")  # templates are unit vectors: compare directions with directions
-    source = EmbeddingDistances(probes, templates.vectors, metric=metric, device=device)
+    if probes.ndim != 2 or probes.shape[1] != templates.vectors.shape[1]:
+        raise EvaluationError(f"dimension mismatch: probes have shape {probes.shape}, the gallery "
+                              f"{templates.vectors.shape[1]} dimensions")
     mate = enrolment.mate_identity(probe_pid) if probe_pid is not None else np.full(len(rows), -1, np.int64)
-    return IdentificationTask(enrolment, templates, metric, source, rows, probe_pid, mate, probe_ids[rows],
-                              _ids(gallery_ids, enrolment.num_gallery, "g"), len(probe_ids) - len(rows))
+    return IdentificationTask(enrolment, templates, metric, probes, rows, probe_pid, mate, probe_ids[rows],
+                              _ids(gallery_ids, enrolment.num_gallery, "g"), len(probe_ids) - len(rows), device)
 
 
 @dataclass(frozen=True)
@@ -286,5 +306,5 @@ def score_candidate_rows(task: IdentificationTask, candidate_rows: np.ndarray) -
     first = cols[np.arange(len(cols)), np.argmax(enrolled, axis=1)]
     cols = np.where(enrolled, cols, first[:, None])
     rows = np.repeat(np.arange(len(cols)), lists_k)
-    keys = task.source.exact(rows, cols.ravel()).reshape(cols.shape)
+    keys = task.exact_keys(rows, cols.ravel()).reshape(cols.shape)
     return score_lists(keys, cols, task.templates.identity, task.mate_identity), lists_k
