@@ -28,7 +28,8 @@ class ContentHasher:
         encoded = [str(i).encode("utf-8") for i in ids]
         self._lengths.update(np.asarray([len(e) for e in encoded], dtype="<u4").tobytes())
         self._chars.update(b"".join(encoded))
-        self._vectors.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        # the array's own buffer, no bytes copy (a gallery can be gigabytes)
+        self._vectors.update(memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B"))
         self._dim = int(vectors.shape[1]) if vectors.ndim == 2 else self._dim
         self.rows += len(encoded)
 

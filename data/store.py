@@ -61,6 +61,8 @@ class Embeddings:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a run of rows: views, no copy of the vectors
 
         def take(array):
             return None if array is None else array[rows]
@@ -74,8 +76,15 @@ class Embeddings:
             camid_known=take(self.camid_known),
             split=take(self.split),
             path=take(self.path),
-            extra=self.extra.take(pa.array(rows, type=pa.int64())) if self.extra.num_columns else self.extra,
+            extra=self._take_extra(rows),
         )
+
+    def _take_extra(self, rows) -> pa.Table:
+        if not self.extra.num_columns:
+            return self.extra
+        if isinstance(rows, slice):
+            return self.extra.slice(rows.start, rows.stop - rows.start)
+        return self.extra.take(pa.array(rows, type=pa.int64()))
 
     def by_split(self, name: str) -> "Embeddings":
         """The rows of one split; an empty selection is an error naming the file and split."""
@@ -145,46 +154,86 @@ def _ids_array(path: Path, column: pa.ChunkedArray) -> np.ndarray:
 
 def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: list[str]) -> np.ndarray:
     """The embedding column as a float32 (n, d) matrix, after the type and shape checks."""
-    col_type = column.type
-    if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)):
-        raise DataError(f"{path}: column 'embedding' must be a list of floats, got {col_type}")
-    value_type = col_type.value_type
-    if not pa.types.is_floating(value_type):
-        raise DataError(f"{path}: column 'embedding' must hold floats, got list of {value_type}")
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if array.null_count:
-        missing = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
-        raise DataError(
-            f"{path}: column 'embedding' is null in {int(missing.sum())} row(s) (first ids: {_first_ids(ids, missing)})"
-        )
-    if pa.types.is_fixed_size_list(col_type):
-        dim = col_type.list_size
-    else:
-        lengths = np.asarray(array.value_lengths().to_numpy(zero_copy_only=False))
-        dims, counts = np.unique(lengths, return_counts=True)
-        if len(dims) > 1:
-            common = int(dims[np.argmax(counts)])
-            odd = lengths != common
+    reader = _VectorReader(path, column.type, len(ids), notes)
+    for chunk in column.chunks:
+        reader.add(chunk, ids)
+    return reader.finish(ids)
+
+
+class _VectorReader:
+    """Copies embedding chunks into one preallocated float32 (n, d) matrix: one copy of the data.
+
+    Each chunk is checked where it is read (nulls, dimensions, NaN/Inf), so a file never needs a
+    second full-size buffer: not Arrow's combined column, not a float64 or boolean temporary.
+    """
+
+    def __init__(self, path: Path, col_type: pa.DataType, rows: int, notes: list[str]) -> None:
+        if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)):
+            raise DataError(f"{path}: column 'embedding' must be a list of floats, got {col_type}")
+        if not pa.types.is_floating(col_type.value_type):
+            raise DataError(f"{path}: column 'embedding' must hold floats, got list of {col_type.value_type}")
+        self.path, self.col_type, self.rows, self.notes = path, col_type, rows, notes
+        self.dim = col_type.list_size if pa.types.is_fixed_size_list(col_type) else None
+        self.vectors: np.ndarray | None = None
+        self.filled = 0
+        self.bad_rows: list[np.ndarray] = []
+        self.variable_note = False
+
+    def add(self, chunk: pa.Array, ids: np.ndarray) -> None:
+        first, n = self.filled, len(chunk)
+        if chunk.null_count:
+            missing = np.zeros(self.rows, dtype=bool)
+            missing[first:first + n] = np.asarray(chunk.is_null().to_numpy(zero_copy_only=False))
             raise DataError(
-                f"{path}: column 'embedding' has mixed dimensions {sorted(int(d) for d in dims)}; "
+                f"{self.path}: column 'embedding' is null in {int(missing.sum())} row(s) "
+                f"(first ids: {_first_ids(ids, missing)})"
+            )
+        dim = self._chunk_dim(chunk, first, ids)
+        if self.vectors is None:
+            if dim == 0:
+                raise DataError(f"{self.path}: column 'embedding' has dimension 0")
+            self.dim = dim
+            self.vectors = np.empty((self.rows, dim), dtype=np.float32)
+        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, self.dim)
+        target = self.vectors[first:first + n]
+        np.copyto(target, values, casting="unsafe")  # float64/float16 -> float32, noted once
+        finite = np.isfinite(target).all(axis=1)
+        if not finite.all():
+            self.bad_rows.append(np.flatnonzero(~finite) + first)
+        self.filled += n
+
+    def _chunk_dim(self, chunk: pa.Array, first: int, ids: np.ndarray) -> int:
+        if pa.types.is_fixed_size_list(self.col_type):
+            return self.col_type.list_size
+        lengths = np.asarray(chunk.value_lengths().to_numpy(zero_copy_only=False))
+        dims, counts = np.unique(lengths, return_counts=True)
+        common = self.dim if self.dim is not None else (int(dims[np.argmax(counts)]) if len(dims) else 0)
+        if len(dims) > 1 or (len(dims) and int(dims[0]) != common):
+            odd = np.zeros(self.rows, dtype=bool)
+            odd[first:first + len(chunk)] = lengths != common
+            seen = sorted({int(d) for d in dims} | {common})
+            raise DataError(
+                f"{self.path}: column 'embedding' has mixed dimensions {seen}; "
                 f"{int(odd.sum())} row(s) differ from {common} (first ids: {_first_ids(ids, odd)})"
             )
-        dim = int(dims[0]) if len(dims) else 0
-        notes.append(f"{path}: 'embedding' is a variable-length list; read as fixed dimension {dim}")
-    if dim == 0:
-        raise DataError(f"{path}: column 'embedding' has dimension 0")
-    values = array.flatten().to_numpy(zero_copy_only=False)
-    if values.dtype != np.float32:
-        notes.append(f"{path}: 'embedding' values are {value_type}; converted to float32")
-        values = values.astype(np.float32)
-    vectors = np.ascontiguousarray(values.reshape(len(ids), dim))
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        bad = ~finite
-        raise DataError(
-            f"{path}: column 'embedding' has NaN or Inf in {int(bad.sum())} row(s) (first ids: {_first_ids(ids, bad)})"
-        )
-    return vectors
+        if not self.variable_note:
+            self.notes.append(f"{self.path}: 'embedding' is a variable-length list; read as fixed dimension {common}")
+            self.variable_note = True
+        return common
+
+    def finish(self, ids: np.ndarray) -> np.ndarray:
+        if self.vectors is None:
+            raise DataError(f"{self.path}: column 'embedding' has dimension 0")
+        if not pa.types.is_float32(self.col_type.value_type):
+            self.notes.append(f"{self.path}: 'embedding' values are {self.col_type.value_type}; converted to float32")
+        if self.bad_rows:
+            bad = np.zeros(self.rows, dtype=bool)
+            bad[np.concatenate(self.bad_rows)] = True
+            raise DataError(
+                f"{self.path}: column 'embedding' has NaN or Inf in {int(bad.sum())} row(s) "
+                f"(first ids: {_first_ids(ids, bad)})"
+            )
+        return self.vectors
 
 
 def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
@@ -238,15 +287,22 @@ def _check_splits(path: Path, split: np.ndarray | None) -> None:
 
 
 def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[str, str] | None = None,
-                          check_unique: bool = True) -> Embeddings:
-    """Validate an Arrow table in the embeddings format and return the typed object."""
+                          check_unique: bool = True, vectors: "_VectorSource | None" = None) -> Embeddings:
+    """Validate an Arrow table in the embeddings format and return the typed object.
+
+    ``vectors``: where the embedding column comes from when the table does not hold it (a file
+    read row group by row group); by default the table's own column.
+    """
     path = Path(source)
-    _check_columns(path, table.column_names)
+    _check_columns(path, table.column_names + ([] if vectors is None else [schema.EMBEDDING]))
     notes: list[str] = []
     ids = _ids_array(path, table.column(schema.ID))
     if check_unique:
         _check_unique_ids(path, ids)
-    vectors = _vectors_array(path, table.column(schema.EMBEDDING), ids, notes)
+    if vectors is None:
+        vectors = _vectors_array(path, table.column(schema.EMBEDDING), ids, notes)
+    else:
+        vectors = vectors.read(ids, notes)
     pid, _ = _int_column(path, table, schema.PID, ids, nullable=False)
     camid, camid_known = _int_column(path, table, schema.CAMID, ids, nullable=True)
     split = _string_column(path, table, schema.SPLIT)
@@ -257,6 +313,22 @@ def embeddings_from_table(table: pa.Table, source: Path | str, metadata: dict[st
         ids=ids, vectors=vectors, pid=pid, camid=camid, camid_known=camid_known, split=split, path=paths,
         extra=extra, metadata=dict(metadata or {}), source=str(source), notes=tuple(notes),
     )
+
+
+class _VectorSource:
+    """The embedding column of a Parquet file, read one row group at a time into one array."""
+
+    def __init__(self, parquet: pq.ParquetFile, path: Path) -> None:
+        self.parquet, self.path = parquet, path
+
+    def read(self, ids: np.ndarray, notes: list[str]) -> np.ndarray:
+        col_type = self.parquet.schema_arrow.field(schema.EMBEDDING).type
+        reader = _VectorReader(self.path, col_type, len(ids), notes)
+        # a buffered stream, in batches: a file written with one huge row group is never decoded whole
+        streamed = pq.ParquetFile(self.path, buffer_size=8 * 1024 * 1024, pre_buffer=False)
+        for batch in streamed.iter_batches(batch_size=4096, columns=[schema.EMBEDDING]):
+            reader.add(batch.column(0), ids)
+        return reader.finish(ids)
 
 
 def _as_split_list(splits: str | Sequence[str] | None) -> list[str] | None:
@@ -277,10 +349,11 @@ def read_embeddings(path: Path | str, splits: str | Sequence[str] | None = None,
     names = parquet.schema_arrow.names
     _check_columns(path, names)
     wanted = [c for c in names if c in schema.KNOWN_COLUMNS or columns is None or c in columns]
-    table = parquet.read(columns=wanted)
+    table = parquet.read(columns=[c for c in wanted if c != schema.EMBEDDING])
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no rows")
-    emb = embeddings_from_table(table, path, _decode_metadata(parquet.schema_arrow.metadata))
+    vectors = _VectorSource(parquet, path)
+    emb = embeddings_from_table(table, path, _decode_metadata(parquet.schema_arrow.metadata), vectors=vectors)
     wanted_splits = _as_split_list(splits)
     if wanted_splits is None:
         return emb

@@ -81,6 +81,29 @@ def with_metadata(table: pa.Table, dim: int, normalized: bool, model: str | None
     return table.replace_schema_metadata(meta)
 
 
+ROW_GROUP_BYTES = 64 * 1024 * 1024  # vectors per row group: what a reader decodes at once
+
+
+def parquet_options(schema_: pa.Schema, row_group_rows: int | None = None) -> dict:
+    """Writer options: the embedding column stored plain (no dictionary, no compression: random
+    floats gain nothing from either, and plain pages decode straight into the float32 matrix),
+    the other columns dictionary-encoded and snappy-compressed; row groups of about 64 MB."""
+    names = schema_.names
+    embedding = schema.EMBEDDING in names
+    options: dict = {
+        "use_dictionary": [n for n in names if n != schema.EMBEDDING],
+        "compression": {n: ("none" if n == schema.EMBEDDING else "snappy") for n in names},
+    }
+    if row_group_rows is None and embedding:
+        dim = schema_.field(schema.EMBEDDING).type.list_size if pa.types.is_fixed_size_list(
+            schema_.field(schema.EMBEDDING).type) else 0
+        if dim:
+            row_group_rows = max(1024, ROW_GROUP_BYTES // (4 * dim))
+    if row_group_rows is not None:
+        options["row_group_size"] = row_group_rows
+    return options
+
+
 def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: int | None = None, *,
                              overwrite: bool = True) -> Path:
     """Write a Parquet file atomically (``retrieval.common.atomic``): never half-written, umask modes.
@@ -89,7 +112,7 @@ def write_parquet_atomically(table: pa.Table, path: Path | str, row_group_rows: 
     """
     path = Path(path)
     with atomic_file(path, overwrite=overwrite) as temporary:
-        pq.write_table(table, temporary, row_group_size=row_group_rows)
+        pq.write_table(table, temporary, **parquet_options(table.schema, row_group_rows))
     return path
 
 
@@ -117,13 +140,15 @@ class EmbeddingsWriter:
         fields += [pa.field(c, schema.COLUMN_TYPES[c]) for c in with_columns]
         self.schema = with_metadata(pa.schema(fields).empty_table(), dim, normalized, model).schema
         self._tmp = new_temporary_file(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        options = parquet_options(self.schema)
+        self._row_group_rows = options.pop("row_group_size", None)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, **options)
         self.rows = 0
 
     def write(self, ids, vectors, **columns) -> None:
         table = embeddings_table(ids, np.asarray(vectors, dtype=np.float32),
                                  **{k: v for k, v in columns.items() if k != "extra"})
-        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema), row_group_size=self._row_group_rows)
         self.rows += table.num_rows
 
     def close(self) -> Path:

@@ -24,12 +24,12 @@ import numpy as np
 
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name  # noqa: F401
+from retrieval.common.metrics import EVAL_METRICS
 from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
 
 # Distances held at once per block (float32): block rows are chosen so that one block fits.
 DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
-EVAL_METRICS = (Metric.EUCLIDEAN.value, Metric.SQEUCLIDEAN.value, Metric.COSINE.value)
 
 ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -105,6 +105,7 @@ class EmbeddingDistances:
                  device: str = "cpu") -> None:
         metric = _eval_metric(metric)
         self.metric = metric.value
+        self._raw = (query_vectors, gallery_vectors)
         try:
             self.space = KeySpace(query_vectors, gallery_vectors, metric, resolve_device(device))
         except FaissIndexError as error:
@@ -114,6 +115,11 @@ class EmbeddingDistances:
 
     def to_distance(self, values: np.ndarray) -> np.ndarray:
         return key_to_distance(values, self.metric)
+
+    def gallery_subset(self, cols: np.ndarray) -> "EmbeddingDistances":
+        """The same queries against the gallery rows ``cols``: every key is unchanged (keys are exact)."""
+        queries, gallery = self._raw
+        return EmbeddingDistances(queries, np.asarray(gallery)[cols], self.metric, self.device)
 
     def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
         for start, values in self.space.approx_blocks(block_rows):

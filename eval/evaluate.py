@@ -193,7 +193,9 @@ def evaluate_ranking(
 
     ``source`` yields (b, G) distance blocks; pids (Q,) / (G,); camids needed for ``market``;
     ids needed for ``leave-one-out`` (and used to label the tables). ``keep_top`` items per
-    query (stable order, junk included and flagged) go to ``rankings``; 0 keeps none.
+    query (stable order, same-camera junk included and flagged) go to ``rankings``; 0 keeps none.
+    Junk-pid gallery items are left out of the computation when the source allows it (they
+    never count), so they do not appear in ``rankings``.
     """
     if cmc_mode not in CMC_MODES:
         raise EvaluationError(f"unknown CMC mode {cmc_mode!r}; expected one of {', '.join(CMC_MODES)}")
@@ -203,21 +205,25 @@ def evaluate_ranking(
         query_ids, gallery_ids, ap_variant, max_rank,
     )
     labels = inputs.labels
-    block_rows = block_rows or block_rows_for(G)
+    source, ranking_labels, columns = _without_junk_columns(source, labels)
+    block_rows = block_rows or block_rows_for(source.num_gallery)
     rank_parts: list[tuple[np.ndarray, np.ndarray]] = []
     top_parts: list[tuple[int, np.ndarray, np.ndarray]] = []
     single_shot_parts: list[np.ndarray] = []
     done = 0
     for block in source.blocks(block_rows):
-        if block.values.shape[1] != G:
-            raise EvaluationError(f"distance block has {block.values.shape[1]} columns, expected {G} gallery items")
-        ranks = match_ranks(block, labels, keep_top=keep_top)
+        if block.values.shape[1] != source.num_gallery:
+            raise EvaluationError(
+                f"distance block has {block.values.shape[1]} columns, expected {source.num_gallery} gallery items"
+            )
+        ranks = match_ranks(block, ranking_labels, keep_top=keep_top)
         rank_parts.append((ranks.query, ranks.rank))
         if keep_top > 0:
-            top_parts.append((block.start, ranks.top_cols, source.to_distance(ranks.top_values)))
+            top_cols = ranks.top_cols if columns is None else columns[ranks.top_cols]
+            top_parts.append((block.start, top_cols, source.to_distance(ranks.top_values)))
         if cmc_mode == "single-gallery-shot":
             single_shot_parts.append(
-                single_gallery_shot_hits(block, labels, max_rank=max_rank, repeats=repeats, seed=seed)
+                single_gallery_shot_hits(block, ranking_labels, max_rank=max_rank, repeats=repeats, seed=seed)
             )
         done += block.values.shape[0]
         if progress is not None:
@@ -231,6 +237,21 @@ def evaluate_ranking(
         metric=metric or getattr(source, "metric", "precomputed"), topk=None, cmc_mode=cmc_mode,
         rankings=_rankings_table(inputs, top_parts), single_shot_hits=single_shot,
     )
+
+
+def _without_junk_columns(source, labels: RankingLabels):
+    """The source and labels without the junk-pid gallery items, when the source can drop columns.
+
+    Junk-pid items never count for any query (protocols §1), and every distance is exact, so
+    leaving them out of the distance computation changes no rank and no metric; it only saves
+    their share of the matrix product (a quarter of Market-1501's gallery). ``columns`` maps the
+    remaining columns back to gallery rows (None when nothing was dropped).
+    """
+    junk = labels.gallery_is_junk_pid
+    if not junk.any() or junk.all() or not hasattr(source, "gallery_subset"):
+        return source, labels, None
+    columns = np.flatnonzero(~junk)
+    return source.gallery_subset(columns), labels.gallery_subset(columns), columns
 
 
 def evaluate_topk(

@@ -15,6 +15,7 @@ here works on sparse (query row, gallery column) pairs, never on a dense queries
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable
 
 import numpy as np
@@ -76,6 +77,20 @@ class RankingLabels:
                 raise EvaluationError("the leave-one-out protocol needs query and gallery ids")
             self.query_self_column = _self_columns(query_ids, gallery_ids)
         self._group_gallery_by_pid()
+
+    def gallery_subset(self, cols: np.ndarray) -> "RankingLabels":
+        """The same rules over the gallery columns ``cols`` only (in that order)."""
+        subset = copy.copy(self)
+        subset.gallery_pid = self.gallery_pid[cols]
+        if self.gallery_camid is not None:
+            subset.gallery_camid = self.gallery_camid[cols]
+        subset.num_gallery = len(cols)
+        subset.gallery_is_junk_pid = self.gallery_is_junk_pid[cols]
+        position = np.full(self.num_gallery + 1, -1, dtype=np.int64)  # slot -1 stays -1
+        position[cols] = np.arange(len(cols))
+        subset.query_self_column = position[self.query_self_column]
+        subset._group_gallery_by_pid()
+        return subset
 
     def _group_gallery_by_pid(self) -> None:
         # Gallery columns sorted by pid (stable): one contiguous slice per identity.

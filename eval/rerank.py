@@ -36,7 +36,7 @@ import scipy.sparse as sp
 from retrieval.eval.distances import DistanceBlock
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, normalise
-from retrieval.indexes.knn import exact_knn, exact_knn_between
+from retrieval.indexes.knn import exact_knn_between, exact_knn_in
 from retrieval.common.progress import ProgressCallback
 
 
@@ -224,15 +224,15 @@ def build_graph(
     if 0 < num_queries < n_items and len(members) == n_items:
         if 4 * num_queries * (n_items - num_queries) <= _KEEP_QUERY_GALLERY_BYTES:
             keeper = _QueryGalleryKeeper(num_queries, n_items)
-    nearest_sq, neighbours, row_max_graph = exact_knn(
-        x, k1 + 1, metric="sqeuclidean", device=device, progress=progress, with_row_max=True,
-        on_panel=None if keeper is None else keeper.take,
+    space = KeySpace(x, x, Metric.SQEUCLIDEAN, device)
+    nearest_sq, neighbours, row_max_graph = exact_knn_in(
+        space, k1 + 1, progress=progress, with_row_max=True, on_panel=None if keeper is None else keeper.take,
     )
     neighbours = neighbours.astype(np.int32)
     expanded = expanded_reciprocal_sets(neighbours, k1)
     if progress is not None:
         progress("sets", 1, 1)
-    weights = reciprocal_weights(x, expanded, row_max_graph, power, known=(neighbours, nearest_sq))
+    weights = reciprocal_weights(x, expanded, row_max_graph, power, known=(neighbours, nearest_sq), space=space)
     expanded_v = local_query_expansion(weights, neighbours[:, :k2])
     if progress is not None:
         progress("expansion", 1, 1)
@@ -301,12 +301,13 @@ def expanded_reciprocal_sets(neighbours: np.ndarray, k1: int) -> sp.csr_matrix:
 
 
 def reciprocal_weights(
-    x: np.ndarray, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None
+    x: np.ndarray, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None, space: KeySpace | None = None
 ) -> sp.csr_matrix:
     """Step 5: V[i, j] = exp(-d(i, j)) on R*(i), rows normalised to sum 1 (float64).
 
     ``known`` = (neighbours (N, k), their squared distances (N, k)): pairs found there are not
-    recomputed (most of R*(i) lies in i's own neighbour list); the others are.
+    recomputed (most of R*(i) lies in i's own neighbour list); the others are, by ``space``
+    (the items' ``KeySpace``) when given.
     """
     rows = np.repeat(np.arange(sets.shape[0]), np.diff(sets.indptr))
     cols = sets.indices
@@ -315,7 +316,10 @@ def reciprocal_weights(
     if known is not None:
         found, values = _lookup_pairs(rows, cols, *known)
         squared[found] = values
-    squared[~found] = pair_squared_distances(x, rows[~found], cols[~found])
+    if space is not None:
+        squared[~found] = space.exact(rows[~found], cols[~found])
+    else:
+        squared[~found] = pair_squared_distances(x, rows[~found], cols[~found])
     weights = exp_of_negative(_normalised(squared, row_max[rows], power))
     sums = np.bincount(rows, weights=weights, minlength=sets.shape[0])
     weights /= sums[rows]

@@ -30,40 +30,19 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from enum import Enum
 from typing import Iterator
 
 import numpy as np
 
+from retrieval.common.metrics import ALIASES as _ALIASES
+from retrieval.common.metrics import Metric
 from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
 
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
 _PAIR_CHUNK_BYTES = 4 * 1024 * 1024  # gathered float64 rows per chunk of exact pair distances
-_CACHE_CHUNK_BYTES = 1024 * 1024  # the float64 rows of one chunk of pairs, kept within a core's cache
-
-
-class Metric(str, Enum):
-    """One meaning per name (smaller = closer for every distance)."""
-
-    EUCLIDEAN = "euclidean"  # ‖q − g‖
-    SQEUCLIDEAN = "sqeuclidean"  # ‖q − g‖²
-    COSINE = "cosine"  # 1 − cos(q, g), as ½‖q̂ − ĝ‖² of the L2-normalised vectors
-    INNER_PRODUCT = "ip"  # −q·g
-
-    @property
-    def squared(self) -> bool:
-        """Ranked by a squared euclidean key (everything but the inner product)."""
-        return self is not Metric.INNER_PRODUCT
-
-    @property
-    def normalises(self) -> bool:
-        return self is Metric.COSINE
-
-
-# Other names for the same conventions (faiss's, and older manifests).
-_ALIASES = {"l2": Metric.EUCLIDEAN, "inner_product": Metric.INNER_PRODUCT, "dot": Metric.INNER_PRODUCT}
+_CACHE_CHUNK_BYTES = 4 * 1024 * 1024  # the float64 rows of one chunk of pairs
 
 
 def metric_from_name(name: "str | Metric") -> Metric:
@@ -152,10 +131,25 @@ def as_vectors(x, what: str = "vectors") -> np.ndarray:
 
 
 def squared_norms(x: np.ndarray) -> np.ndarray:
-    """Exact keys ‖x‖² (float32, correctly rounded) of every row."""
+    """Exact keys ‖x‖² (float32, correctly rounded) of every row.
+
+    A float64 sum of the (exact) squares has a relative error ≤ (d + 1)·u64 in any order: rounded
+    with that bound, and the rare rows it cannot settle computed exactly.
+    """
     x = as_vectors(x)
-    zero = np.zeros((1, x.shape[1]), np.float32)
-    return exact_pair_keys(x, np.arange(len(x)), zero, np.zeros(len(x), np.int64), Metric.SQEUCLIDEAN)
+    dim = x.shape[1]
+    out = np.empty(len(x), dtype=np.float32)
+    unsure = np.zeros(len(x), dtype=bool)
+    chunk = max(1, _PAIR_CHUNK_BYTES // max(1, 8 * dim))
+    for s in range(0, len(x), chunk):
+        part = x[s:s + chunk].astype(np.float64)
+        approx = np.einsum("ij,ij->i", part, part)
+        out[s:s + chunk], unsure[s:s + chunk] = round_with_bound(approx, approx * ((dim + 1) * U64 * (1.0 + 2.0**-20)))
+    if unsure.any():
+        zero = np.zeros((1, dim), np.float32)
+        rows = np.flatnonzero(unsure)
+        out[rows] = exact_pair_keys(x, rows, zero, np.zeros(len(rows), np.int64), Metric.SQEUCLIDEAN)
+    return out
 
 
 def normalise(x: np.ndarray, what: str = "vectors") -> np.ndarray:
@@ -242,6 +236,36 @@ def _pair_keys_chunk(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray
     keys, unsure = round_with_bound(approx, bound)
     for p in np.flatnonzero(unsure):
         keys[p] = precise_key(a[p], b[p], metric)
+    return keys
+
+
+def exact_list_keys(queries: np.ndarray, candidates: np.ndarray, metric: "str | Metric") -> np.ndarray:
+    """Keys of each query (n, d) against its own candidate vectors (n, c, d): (n, c) float32, exact.
+
+    Vectors already prepared for the metric (an index's stored vectors). A float64 inner product
+    per query (BLAS, any order) and the candidates' float64 squared norms, rounded with their
+    bound; the pairs it cannot settle go through :func:`exact_pair_keys`.
+    """
+    metric = metric_from_name(metric)
+    n, c, dim = candidates.shape
+    q64 = np.asarray(queries, dtype=np.float64)
+    g64 = candidates.astype(np.float64)
+    dots = np.matmul(g64, q64[:, :, None])[:, :, 0]
+    coefficient = (dim + 8) * U64 * (1.0 + 2.0**-10)
+    if metric.squared:
+        q_sq = np.einsum("nd,nd->n", q64, q64)[:, None]
+        g_sq = np.einsum("ncd,ncd->nc", g64, g64)
+        approx = q_sq + g_sq - 2.0 * dots
+        bound = coefficient * (np.sqrt(q_sq) + np.sqrt(g_sq)) ** 2 * (1.0 + 2.0**-20)
+    else:
+        approx = -dots
+        bound = coefficient * np.sqrt(np.einsum("nd,nd->n", q64, q64))[:, None] * np.sqrt(
+            np.einsum("ncd,ncd->nc", g64, g64)) * (1.0 + 2.0**-20)
+    keys, unsure = round_with_bound(approx, bound)
+    rows, cols = np.nonzero(unsure)
+    if len(rows):
+        flat = candidates[rows, cols]
+        keys[rows, cols] = exact_pair_keys(np.asarray(queries, np.float32), rows, flat, np.arange(len(rows)), metric)
     return keys
 
 
@@ -354,27 +378,32 @@ class KeySpace:
     def exact(self, query_rows: np.ndarray, gallery_cols: np.ndarray) -> np.ndarray:
         """Exact keys of (query row, gallery column) pairs.
 
-        First a float64 inner product (exact products, any summation order) with its bound,
-        rounded to float32; the pairs whose bound straddles a rounding point go through
-        :func:`exact_pair_keys`. Pairs are taken a query row at a time when rows repeat, so a
-        query vector is converted once and the gallery rows are the only gather.
+        First a float64 inner product (exact products, any summation order: a BLAS gemv per
+        query row) with its bound, rounded to float32; the pairs whose bound straddles a
+        rounding point go through :func:`exact_pair_keys` together at the end. A row paired
+        with itself (queries and gallery one set) is 0 by definition.
         """
         rows = np.asarray(query_rows, dtype=np.int64)
         cols = np.asarray(gallery_cols, dtype=np.int64)
-        out = np.empty(len(rows), dtype=np.float32)
-        chunk = max(1, _CACHE_CHUNK_BYTES // max(1, 16 * self.queries.shape[1]))
-        for s in range(0, len(rows), chunk):
-            out[s:s + chunk] = self._pair_keys(rows[s:s + chunk], cols[s:s + chunk])
-        return out
-
-    def _pair_keys(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        unique_rows, which = np.unique(rows, return_inverse=True)  # pairs come grouped by query row
-        queries = self.queries[unique_rows].astype(np.float64)
-        dots = np.einsum("ij,ij->i", queries[which], self.gallery[cols].astype(np.float64))
-        keys, unsure = self._round_dots(dots, rows, cols)
+        if len(rows) == 0:
+            return np.empty(0, dtype=np.float32)
+        dots = np.empty(len(rows), dtype=np.float64)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        bounds = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1], True])
+        chunk = max(1, _CACHE_CHUNK_BYTES // max(1, 8 * self.queries.shape[1]))
+        for a, b in zip(bounds[:-1], bounds[1:]):  # one query vector against its gallery rows: a BLAS gemv
+            q64 = self.queries[sorted_rows[a]].astype(np.float64)
+            for s in range(a, b, chunk):
+                take = order[s:min(s + chunk, b)]
+                dots[take] = self.gallery[cols[take]].astype(np.float64) @ q64
+        out, unsure = self._round_dots(dots, rows, cols)
+        if self.gallery is self.queries and self.metric.squared:
+            itself = rows == cols
+            out[itself], unsure[itself] = 0.0, False
         if unsure.any():
-            keys[unsure] = exact_pair_keys(self.queries, rows[unsure], self.gallery, cols[unsure], self.metric)
-        return keys
+            out[unsure] = exact_pair_keys(self.queries, rows[unsure], self.gallery, cols[unsure], self.metric)
+        return out
 
     def _round_dots(self, dots: np.ndarray, rows: np.ndarray, cols: np.ndarray):
         """Keys from float64 inner products: ‖q‖² + ‖g‖² − 2 q·g (or −q·g), rounded with their bound."""

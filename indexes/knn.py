@@ -49,7 +49,14 @@ def exact_knn(
     metric = _check_metric(metric)
     x = _as_matrix(x, "x")
     _check(x, x, k)
-    space = KeySpace(x, x, metric, device)
+    return exact_knn_in(KeySpace(x, x, metric, device), k, block_rows, progress, with_row_max, on_panel)
+
+
+def exact_knn_in(space: KeySpace, k: int, block_rows: int | None = None, progress: ProgressCallback | None = None,
+                 with_row_max: bool = False, on_panel=None):
+    """:func:`exact_knn` over a prepared ``KeySpace`` of one set (queries and gallery the same rows)."""
+    if space.gallery is not space.queries:
+        raise FaissIndexError("exact_knn_in needs a KeySpace of one set of rows against itself")
     if space.device == "cuda":
         lists = _blocked_lists(space, k, block_rows, progress, self_search=True)
     else:

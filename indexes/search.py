@@ -26,7 +26,7 @@ import numpy as np
 
 from retrieval.indexes.distance import (
     Metric,
-    exact_pair_keys,
+    exact_list_keys,
     gemm_error_coefficient,
     key_to_distance,
     metric_from_name,
@@ -143,9 +143,7 @@ def exact_rerank_keys(
     out_r = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, block):
         cand = candidates[start : start + block]
-        vectors = gather_vectors(index, cand, view).reshape(-1, index.d)
-        rows = np.repeat(np.arange(len(cand)), c)
-        keys = exact_pair_keys(queries[start : start + block], rows, vectors, np.arange(len(rows)), core).reshape(cand.shape)
+        keys = exact_list_keys(queries[start : start + block], gather_vectors(index, cand, view), core)
         order = np.lexsort((cand, keys), axis=-1)[:, :k]
         out_k[start : start + block] = np.take_along_axis(keys, order, axis=1)
         out_r[start : start + block] = np.take_along_axis(cand, order, axis=1)

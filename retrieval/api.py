@@ -191,7 +191,7 @@ def evaluation_options(
     rerank_distance: str = "squared",
     rerank_exclude_junk: bool = False,
     max_rank: int = 50,
-    keep_top: int = 100,
+    keep_top: int = 10,
     cmc_mode: str = "multi-gallery-shot",
     repeats: int = 10,
     seed: int = 0,

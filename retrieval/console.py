@@ -10,8 +10,6 @@ from typing import Any, Iterable, Iterator
 
 from rich.console import Console
 
-from retrieval.run_schema import json_safe
-
 
 def stdout_console() -> Console:
     # Built per call so that tests capturing sys.stdout see the output.
@@ -24,6 +22,8 @@ def err_console() -> Console:
 
 def print_json(obj: Any, indent: int | None = None) -> None:
     """Exactly one JSON object on stdout (NaN/inf become null; other values as text)."""
+    from retrieval.run_schema import json_safe  # lazily: the CLI starts without numpy and pyarrow
+
     sys.stdout.write(json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str) + "\n")
     sys.stdout.flush()
 

@@ -108,6 +108,16 @@ class AnyKernel:
     def to_distance(self, values):
         return self.source.to_distance(values)
 
+    def __getattr__(self, name):
+        if name == "gallery_subset" and hasattr(self.source, "gallery_subset"):
+            def gallery_subset(cols):
+                subset = AnyKernel(self.source.gallery_subset(cols), 0, self.edge)
+                subset.rng = self.rng
+                return subset
+
+            return gallery_subset
+        raise AttributeError(name)
+
     def blocks(self, block_rows):
         for block in self.source.blocks(block_rows):
             rows, cols = np.indices(block.values.shape).reshape(2, -1)

@@ -86,7 +86,7 @@ def test_search_and_evaluate_flag_the_same_pairs_alike(tmp_path: Path, capsys):
                      split=split)
     ws = tmp_path / "ws"
     assert run(["build-index", str(path), "--out", str(tmp_path / "idx")]) == 0
-    assert run(["evaluate", str(path), "--out", str(ws / "eval")]) == 0
+    assert run(["evaluate", str(path), "--keep-top", "20", "--out", str(ws / "eval")]) == 0
     assert run(["search", str(tmp_path / "idx"), str(path), "--k", "20", "--workspace", str(ws)]) == 0
     evaluated = {(r["query_id"], r["gallery_id"]): (r["is_match"], r["is_junk"])
                  for r in read_run_table(ws / "eval", "rankings").to_pylist()}
@@ -94,14 +94,15 @@ def test_search_and_evaluate_flag_the_same_pairs_alike(tmp_path: Path, capsys):
     searched = {(r["query_id"], r["gallery_id"]): (r["is_match"], r["is_junk"])
                 for r in read_run_table(search_dir, "rankings").to_pylist()}
     shared = set(evaluated) & set(searched)
-    assert len(shared) == 200 and all(evaluated[key] == searched[key] for key in shared)
+    # evaluate leaves the 2 junk-pid items out of its rankings (they never count); search lists them
+    assert len(shared) >= 180 and all(evaluated[key] == searched[key] for key in shared)
     assert any(junk for _, junk in searched.values()) and any(match for match, _ in searched.values())
 
     # The catalogue keeps them apart: each row says which kind of run and which protocol it follows.
     connection = connect(ws)
     kinds = connection.execute(
         "SELECT run_kind, run_protocol, count(*) FROM rankings GROUP BY ALL ORDER BY run_kind").fetchall()
-    assert kinds == [("evaluate", "market", 440), ("search", "market", 200)]  # 10 × all 44; 10 × top 20
+    assert kinds == [("evaluate", "market", 200), ("search", "market", 200)]  # 10 × top 20 each
 
 
 def test_report_finds_the_images_from_another_folder(scene: Path, tmp_path: Path, monkeypatch, capsys):

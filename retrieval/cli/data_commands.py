@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-import pyarrow as pa
 import typer
 
 from retrieval.cli.app import app
 from retrieval.cli.options import OVERWRITE_HELP
 from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class LayoutKind(str, Enum):
@@ -33,7 +34,7 @@ class PresetName(str, Enum):
     faces = "faces"
 
 
-def _write_table(out: Path, table: pa.Table, model: Optional[str], overwrite: bool) -> None:
+def _write_table(out: Path, table: "pa.Table", model: Optional[str], overwrite: bool) -> None:
     """Validate an imported table and write it as an embeddings file (atomically; exclusive unless overwrite)."""
     from retrieval.data.store import embeddings_from_table
     from retrieval.data.writer import canonical_table, with_metadata, write_parquet_atomically
@@ -103,6 +104,8 @@ def layout_command(
     json_output: bool = typer.Option(False, "--json", help="Print counts as JSON."),
 ) -> None:
     """Build the manifest (path, pid, camid, split) of Market-1501, Duke, MSMT17, VeRi-776 or LFW."""
+    import numpy as np
+
     from retrieval.common.atomic import check_output
     from retrieval.data.layouts import build_manifest
     from retrieval.data.writer import write_parquet_atomically
@@ -135,6 +138,8 @@ def synth_command(
 
 def describe_embeddings(path: Path) -> dict:
     """Rows per split, dimension, identities, cameras, normalisation, metadata and content hash."""
+    import numpy as np
+
     from retrieval.data.hashing import ContentHasher
     from retrieval.data.store import file_metadata, iter_embedding_batches
 

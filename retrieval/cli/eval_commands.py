@@ -10,10 +10,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+import math
 import typer
 
-from retrieval.eval.distances import EVAL_METRICS
+from retrieval.common.metrics import EVAL_METRICS
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
 from retrieval.cli.options import OVERWRITE_HELP, parse_cmc_ranks, parse_junk_pids
@@ -46,7 +46,7 @@ class RerankDistanceName(str, Enum):
 
 
 def _pct(value: Optional[float]) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
 def print_table(evaluation, run_dir: Path) -> None:
@@ -109,7 +109,7 @@ def _value(result, key) -> Optional[float]:
     if isinstance(key, int):
         return result.rank(key) if key <= len(result.cmc) else None
     value = getattr(result, key)
-    return float(value) if np.isfinite(value) else None
+    return float(value) if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------- the command
@@ -140,6 +140,7 @@ def evaluate_command(
     k: int = typer.Option(100, "--k", min=1, help="With --index: list length."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="With --index: IVF cells probed (default: the index's)."),
     topk_ap: TopkApName = typer.Option(TopkApName.in_list, "--topk-ap", help="With --index: AP@k divides by the matches found in the list (in-list) or by min(R, k) (min-r-k)."),
+    keep_top: int = typer.Option(10, "--keep-top", min=0, help="Items per query kept in rankings.parquet (each with its exact distance; more costs a little time)."),
     ci: Optional[float] = typer.Option(None, "--ci", help="Bootstrap confidence level for mAP and rank-1 over queries, e.g. 0.95."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of single-gallery-shot sampling."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: a new folder in the workspace)."),
@@ -157,7 +158,7 @@ def evaluate_command(
     options = EvaluateOptions(
         metric=metric.value if metric else None, protocol=protocol.value, junk_pids=parse_junk_pids(junk_pids),
         ap=ap.value, cmc_ranks=parse_cmc_ranks(cmc_ranks), cmc_mode=cmc_mode.value, repeats=repeats, seed=seed,
-        device=device.value, ci=ci,
+        device=device.value, ci=ci, keep_top=keep_top,
         rerank=RerankOptions(k1, k2, lam, rerank_distance.value, rerank_exclude_junk) if rerank else None,
         index=IndexOptions(index, k, nprobe, topk_ap.value) if index is not None else None,
     )

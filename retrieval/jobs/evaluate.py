@@ -24,7 +24,7 @@ from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_dimension
 from retrieval.run_schema import input_paths, ranking_tables, run_record
 
 MAX_RANK = 50  # the CMC curve is always stored up to rank 50 (further when cmc_ranks asks)
-KEEP_TOP = 100  # rankings.parquet: top items per query
+KEEP_TOP = 10  # rankings.parquet: top items per query (each with its exact distance)
 TABLE_RANKS = (1, 5, 10, 20)
 METRICS = EVAL_METRICS
 
