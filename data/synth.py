@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from retrieval.common.progress import ProgressCallback
 
 GROUP_SIZE = 8  # identities per look-alike group
+FACES_DIFFICULTY = 0.25  # the faces preset: a well-trained face model, as the million preset (people well apart)
 BATCH_ROWS = 50_000
 POSES = 8
 LATENT_DIM = 64
@@ -51,6 +53,17 @@ class Preset:
     # Noise scale at --difficulty 1.0. The index-scale preset models a well-trained model
     # (identities clearly apart), the condition under which approximate indexes are judged.
     base_difficulty: float = 1.0
+    # Fraction of the queries showing people with no gallery image (non-mated probes of 1:N
+    # identification); each such query is an identity of its own, numbered after the gallery's.
+    unenrolled_queries: float = 0.0
+
+    @property
+    def unenrolled(self) -> int:
+        return round(self.queries * self.unenrolled_queries)
+
+    @property
+    def total_identities(self) -> int:
+        return self.identities + self.unenrolled
 
 
 PRESETS: dict[str, Preset] = {
@@ -59,6 +72,10 @@ PRESETS: dict[str, Preset] = {
     "msmt17": Preset("msmt17", 11_659, 82_161, 2_048, 3_060, 15),
     "veri": Preset("veri", 1_678, 11_579, 2_048, 200, 20),
     "million": Preset("million", 10_000, 1_000_000, 256, 100_000, 50, base_difficulty=0.25),
+    # FaceNet's other tasks at scale: 1:N identification (half the probes unenrolled) and clustering
+    # of the gallery (10 images of each of 100,000 well-separated people, 128-D).
+    "faces": Preset("faces", 10_000, 1_000_000, 128, 100_000, 10, base_difficulty=FACES_DIFFICULTY,
+                    unenrolled_queries=0.5),
 }
 
 
@@ -83,6 +100,9 @@ def plan_rows(preset: Preset, seed: int) -> RowPlan:
     gallery_pid = rng.permutation(np.resize(np.arange(1, n_ids + 1), n_true))
     gallery_cam = rng.integers(1, n_cams + 1, size=n_true)
     query_pid = rng.permutation(np.resize(np.arange(1, n_ids + 1), preset.queries))
+    if preset.unenrolled:  # people never enrolled, mixed among the others
+        query_pid[: preset.unenrolled] = n_ids + 1 + np.arange(preset.unenrolled)
+        query_pid = rng.permutation(query_pid)
     query_cam = rng.integers(1, n_cams + 1, size=preset.queries)
     query_cam = _cameras_with_a_valid_match(query_pid, query_cam, gallery_pid, gallery_cam, n_cams)
     extra_pid = np.concatenate([np.zeros(n_distractors, np.int64), np.full(n_junk, -1, np.int64)])
@@ -137,10 +157,10 @@ def draw_directions(preset: Preset, seed: int) -> Directions:
     latent = latent_dim(preset.dim)
     basis, _ = np.linalg.qr(rng.standard_normal((preset.dim, latent)))
     basis = basis.astype(np.float32)
-    n_groups = -(-preset.identities // GROUP_SIZE)
+    n_groups = -(-preset.total_identities // GROUP_SIZE)
     groups = _unit_rows(rng, n_groups, latent)
-    own = _unit_rows(rng, preset.identities + 1, latent)
-    group_of = np.r_[0, np.arange(preset.identities) // GROUP_SIZE]
+    own = _unit_rows(rng, preset.total_identities + 1, latent)
+    group_of = np.r_[0, np.arange(preset.total_identities) // GROUP_SIZE]
     centres = 0.6 * groups[group_of] + 0.8 * own
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     return Directions(
@@ -177,6 +197,32 @@ def row_ids(split: np.ndarray, start: int, queries: int) -> list[str]:
     return [f"q{i:07d}" if s == 0 else f"g{i - queries:07d}" for i, s in zip(range(start, start + len(split)), split)]
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch of generated rows (queries first, then gallery)."""
+
+    start: int
+    ids: list[str]
+    vectors: np.ndarray
+    pid: np.ndarray
+    camid: np.ndarray
+    split: np.ndarray  # 0 = query, 1 = gallery
+
+
+def batches(preset: str | Preset, seed: int, difficulty: float = 1.0,
+            batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """The preset's rows, batch by batch (what ``generate`` writes; benchmarks take them in memory)."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    plan = plan_rows(preset, seed)
+    directions = draw_directions(preset, seed)
+    for batch, start in enumerate(range(0, len(plan), batch_rows)):
+        stop = min(start + batch_rows, len(plan))
+        rng = np.random.default_rng([seed, 2, batch])
+        pid, camid, split = plan.pid[start:stop], plan.camid[start:stop], plan.split[start:stop]
+        vectors = draw_vectors(directions, pid, camid, difficulty * preset.base_difficulty, rng)
+        yield Batch(start, row_ids(split, start, preset.queries), vectors, pid, camid, split)
+
+
 def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: float = 1.0,
              batch_rows: int = BATCH_ROWS, progress: ProgressCallback | None = None, *,
              overwrite: bool = True) -> Path:
@@ -186,18 +232,13 @@ def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: 
     from retrieval.data.writer import EmbeddingsWriter
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
-    plan = plan_rows(preset, seed)
-    directions = draw_directions(preset, seed)
+    total = preset.queries + preset.gallery
     split_names = np.array(["query", "gallery"], dtype=object)
     with EmbeddingsWriter(out_path, preset.dim, model=f"synthetic:{preset.name}:seed={seed}:difficulty={difficulty}",
                           normalized=True, overwrite=overwrite) as writer:
-        for batch, start in enumerate(range(0, len(plan), batch_rows)):
-            stop = min(start + batch_rows, len(plan))
-            rng = np.random.default_rng([seed, 2, batch])
-            pid, camid, split = plan.pid[start:stop], plan.camid[start:stop], plan.split[start:stop]
-            vectors = draw_vectors(directions, pid, camid, difficulty * preset.base_difficulty, rng)
-            writer.write(row_ids(split, start, preset.queries), vectors, pid=pid, camid=camid.astype(np.int32),
-                         split=split_names[split])
+        for batch in batches(preset, seed, difficulty, batch_rows):
+            writer.write(batch.ids, batch.vectors, pid=batch.pid, camid=batch.camid.astype(np.int32),
+                         split=split_names[batch.split])
             if progress is not None:
-                progress("synthesising", stop, len(plan))
+                progress("synthesising", batch.start + len(batch.ids), total)
     return Path(out_path)

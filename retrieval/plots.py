@@ -1,4 +1,5 @@
-"""matplotlib figures for reports and notebooks: CMC, ROC (VAL/FAR), AP histogram, ranked image strips.
+"""matplotlib figures for reports and notebooks: CMC, ROC (VAL/FAR), DET, AP and score histograms,
+cluster sizes, threshold sweeps, ranked image strips.
 
 Every function builds a ``matplotlib.figure.Figure`` on the Agg canvas (no pyplot, no global
 state), so reports can be drawn anywhere; notebooks display the returned figure.
@@ -236,4 +237,91 @@ def ranked_strips_figure(strips: Sequence[Strip], title: str = "") -> Figure:
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.6 / height, hspace=0.45, top=1 - 0.7 / height)
     if title:
         figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def det_figure(curves: Sequence[Curve], title: str = "DET (open-set identification)") -> Figure:
+    """FNIR against FPIR, both on log axes (the NIST FRVT convention); points at 0 cannot be drawn and are left out."""
+    figure = new_figure(6.0, 4.0)
+    axes = figure.add_subplot()
+    drawn = []
+    for curve in curves:
+        x, y = np.asarray(curve.x, dtype=float), np.asarray(curve.y, dtype=float)
+        keep = x > 0
+        axes.step(x[keep], y[keep], where="post", label=curve.label)
+        drawn.append(y[keep])
+    log_y = any(np.any(y > 0) for y in drawn)  # a perfect curve (FNIR 0 throughout) stays on a linear axis
+    if any(len(y) for y in drawn):
+        axes.set_xscale("log")
+    if log_y:
+        axes.set_yscale("log")
+    axes.set_xlabel("false positive identification rate (FPIR, log scale)")
+    axes.set_ylabel("false negative identification rate (FNIR" + (", log scale)" if log_y else ")"))
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    if curves:
+        axes.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def score_histogram_figure(series: Sequence[tuple[str, np.ndarray]], unit: str, bins: int = 40) -> Figure:
+    """Overlaid histograms of scores (e.g. mated probes' mate scores vs non-mated probes' top scores)."""
+    figure = new_figure(6.0, 4.0)
+    axes = figure.add_subplot()
+    finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for _, v in series]
+    everything = np.concatenate(finite) if finite else np.zeros(0)
+    edges = np.linspace(everything.min(), everything.max(), bins + 1) if len(everything) and np.ptp(everything) > 0 else bins
+    for (label, _), values in zip(series, finite):
+        axes.hist(values, bins=edges, alpha=0.55, label=f"{label} (n={len(values)})", edgecolor="black", linewidth=0.4)
+    axes.set_xlabel(unit)
+    axes.set_ylabel("probes")
+    axes.set_title("Scores of mated and non-mated probes")
+    if series:
+        axes.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def cluster_size_figure(series: Sequence[tuple[str, np.ndarray]]) -> Figure:
+    """How many clusters of each size (log-spaced size bins, log counts)."""
+    figure = new_figure(6.0, 4.0)
+    axes = figure.add_subplot()
+    largest = max((int(np.max(sizes)) for _, sizes in series if len(sizes)), default=1)
+    edges = np.unique(np.round(np.logspace(0, np.log10(largest + 1), 30)).astype(int))
+    for label, sizes in series:
+        axes.hist(sizes, bins=edges, alpha=0.6, label=f"{label} ({len(sizes)} clusters)", edgecolor="black", linewidth=0.4)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("cluster size (items)")
+    axes.set_ylabel("clusters")
+    axes.set_title("Cluster sizes")
+    if series:
+        axes.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def sweep_figure(thresholds: np.ndarray, scores: dict[str, np.ndarray], clusters: np.ndarray,
+                 chosen: float | None = None) -> Figure:
+    """Scores (pairwise F, BCubed F, NMI …) and the number of clusters against the threshold."""
+    figure = new_figure(6.0, 5.0)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    for name, values in scores.items():
+        top.plot(thresholds, values, marker="o", markersize=3, label=name)
+    top.set_ylabel("score")
+    top.set_ylim(0, 1.02)
+    top.grid(True, alpha=0.3)
+    if scores:
+        top.legend(loc="lower left", fontsize="small")
+    bottom.plot(thresholds, clusters, marker="o", markersize=3, color="#444444")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("clusters")
+    bottom.set_xlabel("threshold (merge below)")
+    bottom.grid(True, which="both", alpha=0.3)
+    for axes in (top, bottom):
+        if chosen is not None:
+            axes.axvline(chosen, color="#d7191c", linestyle="--", linewidth=1)
+    top.set_title("Threshold sweep" + ("" if chosen is None else " (dashed: chosen with the labels, an oracle)"))
+    figure.tight_layout()
     return figure

@@ -1,7 +1,9 @@
 """HTML run reports: one self-contained file, figures embedded as base64 PNG.
 
 ``write_report([run_dir], out)`` -> parameters, metric table, CMC curve, VAL/FAR curve for
-verification runs, AP histogram, worst queries with ranked image strips (images from the
+verification runs, DET curve and score histograms for identify runs, cluster sizes, the sweep and
+the clusters to review first for cluster runs (``retrieval.report_faces``), AP histogram, worst
+queries with ranked image strips (images from the
 ``path`` column of the embeddings file named in ``run.json``; ids and distances otherwise).
 Two runs -> overlaid curves and histograms, a metric table with deltas and the paired
 comparison of ``retrieval.compare``. The report (and the PNGs of ``png_dir``) are written
@@ -32,6 +34,7 @@ from retrieval.plots import (
     ranked_strips_figure,
     roc_figure,
 )
+from retrieval.report_faces import clustering_figures, identification_figures, review_section
 from retrieval.runs import read_run_table
 from retrieval.show import run_strips, valid_rows, worst_query_ids
 
@@ -133,6 +136,8 @@ def report_figures(runs: Sequence[RunFolder]) -> list[ReportFigure]:
     if histograms:
         figures.append(ReportFigure("ap_histogram", "AP per query (valid queries, each stage)",
                                     figure_png(ap_histogram_figure(histograms))))
+    figures += [ReportFigure(*figure) for figure in identification_figures(runs, labels)]
+    figures += [ReportFigure(*figure) for figure in clustering_figures(runs, labels)]
     for index, (run, label) in enumerate(zip(runs, labels)):
         strips = worst_query_strips(run)
         if strips:
@@ -314,6 +319,7 @@ def render_html(runs: Sequence[RunFolder], figures: Sequence[ReportFigure]) -> s
     parts.append(_metrics_section(runs))
     if len(runs) == 2:
         parts.append(_comparison_section(runs))
+    parts += [review_section(run) for run in runs]
     parts.append("<h2>Figures</h2>")
     if not figures:
         parts.append("<p>The run stored no curves or per-query values to plot.</p>")

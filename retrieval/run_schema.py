@@ -25,10 +25,13 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.eval.evaluate import PER_QUERY_SCHEMA, RANKINGS_SCHEMA  # noqa: F401  (re-exported)
+from retrieval.eval.identification import PER_PROBE_SCHEMA  # noqa: F401  (re-exported)
 
 RUN_FORMAT_VERSION = 1
-# folds: verify runs (k-fold accuracy); epochs: train runs (per-epoch losses and mining statistics).
-RUN_TABLES = ("metrics", "per_query", "rankings", "curves", "folds", "epochs")
+# folds: verify runs (k-fold accuracy); epochs: train runs (per-epoch losses and mining statistics);
+# per_probe: identify runs; clusters, cluster_quality, sweep: cluster runs.
+RUN_TABLES = ("metrics", "per_query", "rankings", "curves", "folds", "epochs", "per_probe", "clusters",
+              "cluster_quality", "sweep")
 
 # run.json, in this order: written by runs.write_run (the first three) and by the jobs.
 RECORD_FIELDS = ("format_version", "run_id", "created", "kind", "command", "parameters", "inputs", "versions",
@@ -73,6 +76,14 @@ TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "folds": [("fold", "BIGINT"), ("start", "BIGINT"), ("stop", "BIGINT"), ("threshold", "DOUBLE"),
               ("accuracy", "DOUBLE")],
     "epochs": [("epoch", "BIGINT"), ("lr", "DOUBLE"), ("loss", "DOUBLE")],
+    "per_probe": [("probe_id", "VARCHAR"), ("pid", "BIGINT"), ("mated", "BOOLEAN"), ("top1_identity", "BIGINT"),
+                  ("top1_gallery_id", "VARCHAR"), ("top1_score", "DOUBLE"), ("mate_rank", "BIGINT"),
+                  ("mate_score", "DOUBLE")],
+    "clusters": [("id", "VARCHAR"), ("cluster", "BIGINT"), ("pid", "BIGINT"), ("threshold", "DOUBLE")],
+    "cluster_quality": [("threshold", "DOUBLE"), ("cluster", "BIGINT"), ("size", "BIGINT"),
+                        ("mean_similarity", "DOUBLE")],
+    "sweep": [("threshold", "DOUBLE"), ("chosen", "BOOLEAN"), ("num_clusters", "BIGINT"),
+              ("singleton_fraction", "DOUBLE"), ("pairwise_f", "DOUBLE"), ("bcubed_f", "DOUBLE"), ("nmi", "DOUBLE")],
 }
 # Columns a view takes from the run (not from the file): is_match / is_junk / valid follow the
 # protocol of the run that wrote them, and evaluate and search runs both write rankings.
@@ -84,7 +95,7 @@ VIEW_CONTEXT_COLUMNS: dict[str, tuple[str, ...]] = {
 # Headline metrics copied into the `runs` table: column name -> metric name in metrics.parquet.
 HEADLINE_METRICS: dict[str, str] = {
     "mAP": "mAP", "rank1": "rank-1", "rank5": "rank-5", "mINP": "mINP", "mAP_at_k": "mAP@k",
-    "accuracy_mean": "accuracy_mean", "roc_auc": "roc_auc", "eer": "eer",
+    "accuracy_mean": "accuracy_mean", "roc_auc": "roc_auc", "eer": "eer", "pairwise_f": "pairwise_f",
 }
 RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("created", pa.string()), ("kind", pa.string()), ("tags", pa.list_(pa.string())),
@@ -259,3 +270,81 @@ def folds_table(kfold) -> pa.Table:
         columns[f"threshold@far={label}"] = [f.val_at_far[label]["threshold"] for f in kfold.folds]
     return pa.table({k: pa.array(v, pa.int64() if k in ("fold", "start", "stop") else pa.float64())
                      for k, v in columns.items()})
+
+
+# ------------------------------------------------------------------------------- identification tables
+
+
+def _metric_rows(values: Mapping[str, float | None], protocol: str, distance: str) -> list[dict[str, Any]]:
+    return [dict(metric=name, value=float(v), stage="plain", protocol=protocol, ap_variant=None,
+                 metric_distance=distance) for name, v in values.items() if v is not None and np.isfinite(v)]
+
+
+def identification_tables(result) -> dict[str, pa.Table]:
+    """The tables of an identify run: metrics (rank-k, TPIR@FPIR), per_probe, curves (CMC and the whole DET)."""
+    protocol = f"identification/{result.template}"
+    distance = result.metric if result.candidates == "exhaustive" else f"{result.metric} ({result.candidates})"
+    values: dict[str, float | None] = {}
+    if result.cmc is not None:
+        values.update({f"rank-{k}": float(result.cmc[k - 1]) for k in result.ranks})
+    for label, point in (result.tpir_at_fpir or {}).items():
+        values[f"tpir@fpir={label}"] = point.tpir
+    curves = []
+    if result.cmc is not None:
+        curves += [dict(curve="cmc", stage="plain", x=float(i + 1), y=float(v), threshold=None)
+                   for i, v in enumerate(result.cmc) if np.isfinite(v)]
+    det = result.det
+    if det is not None and det.num_mated and det.num_nonmated:
+        curves += [dict(curve="det", stage="plain", x=float(x), y=float(y), threshold=float(t))
+                   for x, y, t in zip(det.fpir, det.fnir, det.threshold)]
+    return {
+        "metrics": pa.Table.from_pylist(_metric_rows(values, protocol, distance), schema=METRICS_SCHEMA),
+        "per_probe": result.per_probe,
+        "curves": pa.Table.from_pylist(curves, schema=CURVES_SCHEMA),
+    }
+
+
+# ------------------------------------------------------------------------------- clustering tables
+
+CLUSTERS_SCHEMA = pa.schema([("id", pa.string()), ("cluster", pa.int64()), ("pid", pa.int64()),
+                             ("threshold", pa.float64())])
+CLUSTER_QUALITY_SCHEMA = pa.schema([("threshold", pa.float64()), ("cluster", pa.int64()), ("size", pa.int64()),
+                                    ("mean_similarity", pa.float64())])
+SWEEP_METRICS = ("num_clusters", "singleton_fraction", "pairwise_precision", "pairwise_recall", "pairwise_f",
+                 "bcubed_precision", "bcubed_recall", "bcubed_f", "nmi", "ari", "homogeneity", "completeness",
+                 "v_measure", "num_classes")
+
+
+def clustering_tables(points, chosen: int | None, ids, pid, method: str, metric: str) -> dict[str, pa.Table]:
+    """The tables of a cluster run from its sweep points (each: threshold, labels, sizes, quality,
+    scores or None): clusters and cluster_quality of every point, the sweep, the chosen point's metrics."""
+    ids = pa.array(np.asarray(ids).astype(str), pa.string())
+    pid_column = pa.nulls(len(ids), pa.int64()) if pid is None else pa.array(pid, pa.int64())
+    clusters = pa.concat_tables([
+        pa.table({"id": ids, "cluster": pa.array(p.labels, pa.int64()), "pid": pid_column,
+                  "threshold": pa.array(np.full(len(ids), p.threshold), pa.float64())}, schema=CLUSTERS_SCHEMA)
+        for p in points
+    ])
+    quality = pa.concat_tables([
+        pa.table({"threshold": pa.array(np.full(len(p.sizes), p.threshold), pa.float64()),
+                  "cluster": pa.array(np.arange(len(p.sizes)), pa.int64()), "size": pa.array(p.sizes, pa.int64()),
+                  "mean_similarity": pa.array(p.quality, pa.float64(), mask=np.isnan(p.quality))},
+                 schema=CLUSTER_QUALITY_SCHEMA)
+        for p in points
+    ])
+    sweep_rows = [{"threshold": p.threshold, "chosen": i == chosen, **p.statistics()} for i, p in enumerate(points)]
+    sweep = pa.Table.from_pylist(sweep_rows)
+    protocol = f"clustering/{method}"
+    point = points[chosen if chosen is not None else 0]
+    values = {name: point.statistics().get(name) for name in SWEEP_METRICS} if chosen is not None or len(points) == 1 \
+        else {}
+    values["threshold"] = point.threshold if values else None
+    curves = [dict(curve="sweep", stage="plain", x=p.threshold, y=float(p.scores.pairwise_f), threshold=p.threshold)
+              for p in points if p.scores is not None]
+    return {
+        "clusters": clusters,
+        "cluster_quality": quality,
+        "sweep": sweep,
+        "metrics": pa.Table.from_pylist(_metric_rows(values, protocol, metric), schema=METRICS_SCHEMA),
+        "curves": pa.Table.from_pylist(curves, schema=CURVES_SCHEMA),
+    }

@@ -6,6 +6,8 @@ from retrieval.cli.app import app, main, run
 from retrieval.cli import data_commands  # noqa: E402,F401  import, layout, synth, info, demo
 from retrieval.cli import eval_commands  # noqa: E402,F401  evaluate
 from retrieval.cli import verify_commands  # noqa: E402,F401  verify
+from retrieval.cli import identify_commands  # noqa: E402,F401  identify
+from retrieval.cli import cluster_commands  # noqa: E402,F401  cluster
 from retrieval.cli import index_commands  # noqa: E402,F401  build-index, search, index-info, tune
 from retrieval.cli import catalogue_commands  # noqa: E402,F401  runs, sql, compare, report
 from retrieval.cli import run_commands  # noqa: E402,F401  show, export, tag, rm, restore

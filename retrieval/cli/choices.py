@@ -13,3 +13,10 @@ class ProtocolName(str, Enum):
     market = "market"
     no_camera = "no-camera"
     leave_one_out = "leave-one-out"
+
+
+class SimilarityMetric(str, Enum):
+    """identify / cluster: cosine (1 − cos, reported as a similarity by identify) or euclidean."""
+
+    cosine = "cosine"
+    euclidean = "euclidean"

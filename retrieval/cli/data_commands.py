@@ -39,6 +39,7 @@ class PresetName(str, Enum):
     veri = "veri"
     million = "million"
     lfw = "lfw"
+    faces = "faces"
 
 
 def _write_table(out: Path, table: "pa.Table", model: Optional[str], overwrite: bool) -> None:

@@ -43,13 +43,14 @@ def parse_cmc_ranks(text: str) -> tuple[int, ...]:
     return tuple(ranks)
 
 
-def parse_fars(text: str) -> tuple[float, ...]:
+def parse_fars(text: str, name: str = "FAR", option: str = "--far") -> tuple[float, ...]:
+    """Comma-separated false-accept (or false-positive identification) rate targets in (0, 1)."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise OptionError(f"expected comma-separated numbers such as 1e-1,1e-3, got {text!r}", "--far") from None
+        raise OptionError(f"expected comma-separated numbers such as 1e-1,1e-3, got {text!r}", option) from None
     if not values or any(not 0 < v < 1 for v in values):
-        raise OptionError(f"FAR targets must lie strictly between 0 and 1, got {text!r}", "--far")
+        raise OptionError(f"{name} targets must lie strictly between 0 and 1, got {text!r}", option)
     return tuple(values)
 
 
