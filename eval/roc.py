@@ -257,8 +257,8 @@ def eer_at_closest_threshold(distances: np.ndarray, is_same: np.ndarray) -> floa
     """(FAR + FRR) / 2 at the first curve corner where |FAR − FRR| is smallest.
 
     The curve's points are "accept nothing" and every unique distance (accept d ≤ t); only its
-    corners are candidates (points inside a straight run are dropped, as scikit-learn's
-    ``roc_curve`` does by default). This is the EER that the common verification scripts print
+    corners are candidates (points inside a straight run of the thresholds' points are dropped,
+    as scikit-learn's ``roc_curve`` does by default, which always keeps the first threshold). This is the EER that the common verification scripts print
     from that curve (a curve point, not the interpolated crossing that ``eer`` reports).
     """
     distances = np.asarray(distances, dtype=np.float64)
@@ -266,9 +266,11 @@ def eer_at_closest_threshold(distances: np.ndarray, is_same: np.ndarray) -> floa
     values, inverse = np.unique(distances, return_inverse=True)
     genuine_leq = np.cumsum(np.bincount(inverse, weights=is_same, minlength=len(values)))
     impostor_leq = np.cumsum(np.bincount(inverse, weights=~is_same, minlength=len(values)))
-    impostors, genuine = np.r_[0.0, impostor_leq], np.r_[0.0, genuine_leq]
-    corner = np.r_[True, (np.diff(impostors, 2) != 0) | (np.diff(genuine, 2) != 0), True]
-    far = impostors[corner] / max(int((~is_same).sum()), 1)
-    frr = 1.0 - genuine[corner] / max(int(is_same.sum()), 1)
+    # straight runs are dropped among the thresholds' points, then "accept nothing" is put in
+    # front: the first threshold's point always stays (scikit-learn's roc_curve does the same)
+    corner = np.r_[True, (np.diff(impostor_leq, 2) != 0) | (np.diff(genuine_leq, 2) != 0), True][: len(values)]
+    impostors, genuine = np.r_[0.0, impostor_leq[corner]], np.r_[0.0, genuine_leq[corner]]
+    far = impostors / max(int((~is_same).sum()), 1)
+    frr = 1.0 - genuine / max(int(is_same.sum()), 1)
     best = int(np.argmin(np.abs(far - frr)))
     return float((far[best] + frr[best]) / 2)

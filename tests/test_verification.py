@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from retrieval.eval.distances import DistanceBlock, PrecomputedDistances
@@ -457,7 +457,8 @@ def test_nan_distances_are_an_error():
 
 
 @given(st.integers(0, 2**32 - 1))
-@settings(max_examples=40, deadline=None)
+@example(427558)  # the first threshold's point lies on the line from the origin: scikit-learn keeps it
+@settings(max_examples=200, deadline=None)
 def test_eer_approx_equals_the_scripts_recipe_on_sklearn_roc(seed):
     from sklearn.metrics import roc_curve
 
