@@ -141,6 +141,7 @@ class Evaluation:
     inputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    cluster: dict | None = None  # where it ran, when on a Ray cluster (run.json "cluster")
 
     @property
     def reranked(self) -> bool:
@@ -212,11 +213,17 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
 
 
 def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
-                   options: EvaluateOptions, progress: ProgressCallback | None = None) -> Evaluation:
-    """Read the queries and gallery the split rules select (``jobs.inputs``) and evaluate them."""
+                   options: EvaluateOptions, progress: ProgressCallback | None = None, cluster=None) -> Evaluation:
+    """Read the queries and gallery the split rules select (``jobs.inputs``) and evaluate them.
+
+    ``cluster`` (``retrieval.distributed.cluster.Cluster``): rank over gallery shards on Ray; the
+    gallery is read by the workers, never here (``evaluate_on_cluster``), with the same results.
+    """
     from retrieval.jobs.inputs import evaluation_sets
 
     options.check()
+    if cluster is not None and options.index is None:
+        return evaluate_on_cluster(embeddings, gallery_file, query_split, gallery_split, options, cluster, progress)
     clock = time.perf_counter()
     index = None if options.index is None else options.index.path
     sets = evaluation_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol,
@@ -225,6 +232,40 @@ def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str
     evaluation = evaluate(sets.queries, sets.gallery, options, splits=sets.splits, inputs=sets.inputs,
                           progress=progress)
     return with_timing(evaluation, "load", seconds)
+
+
+def evaluate_on_cluster(embeddings: Path, gallery_file: Path | None, query_split: str | None,
+                        gallery_split: str | None, options: EvaluateOptions, cluster,
+                        progress: ProgressCallback | None = None) -> Evaluation:
+    """``evaluate_files`` on a Ray cluster: the queries are read here, the gallery by the workers."""
+    from retrieval.distributed.evaluate import EvaluationPlan, evaluate_on_cluster as run_on_cluster
+    from retrieval.eval.distances import resolve_device
+    from retrieval.jobs.inputs import distributed_sets
+
+    if options.cmc_mode != "multi-gallery-shot":
+        raise OptionError("single-gallery-shot CMC samples one item per identity over the whole gallery; it is not "
+                          "available with --ray", "--cmc-mode")
+    clock = time.perf_counter()
+    sets = distributed_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol, need_gallery=True,
+                            min_parts=cluster.workers)
+    load_seconds = time.perf_counter() - clock
+    check_labels([("queries", sets.queries)], options.protocol)
+    compute_device = resolve_device(options.device)
+    rerank = options.rerank
+    plan = EvaluationPlan(
+        metric=options.distance, protocol=options.protocol, junk_pids=tuple(options.junk_pids), ap_variant=options.ap,
+        max_rank=options.stored_ranks, keep_top=options.keep_top, block_rows=options.block_rows,
+        device="cpu" if compute_device == "cpu" else options.device,  # a GPU here: the workers resolve theirs
+        rerank=None if rerank is None else {"k1": rerank.k1, "k2": rerank.k2, "lambda_": rerank.lambda_,
+                                            "distance": rerank.distance, "exclude_junk": rerank.exclude_junk},
+    )
+    done = run_on_cluster(sets.queries, sets.gallery, plan, progress)
+    notes: list[str] = []
+    ci = confidence_intervals(done.final, options.ci, options.seed, notes) if options.ci is not None else None
+    return Evaluation(final=done.final, plain=done.plain, options=options, compute_device=compute_device,
+                      rerank_params=done.rerank_params, ci=ci, splits=sets.splits, inputs=sets.inputs,
+                      timings={"load": load_seconds, **done.timings}, notes=tuple(notes),
+                      cluster={**cluster.describe(), "shards": len(sets.gallery.parts)})
 
 
 def default_inputs(queries: LabelledVectors, gallery: LabelledVectors | None) -> dict[str, Any]:
@@ -358,7 +399,8 @@ def save(evaluation: Evaluation, run_dir: Path, *, command: str, overwrite: bool
     from retrieval.runs import write_run
 
     result = {**evaluation.summary(), "run_dir": str(run_dir)}
-    record = run_record("evaluate", command, evaluation.parameters(), evaluation.inputs, evaluation.timings, result)
+    record = run_record("evaluate", command, evaluation.parameters(), evaluation.inputs, evaluation.timings, result,
+                        cluster=evaluation.cluster)
     return write_run(run_dir, record, evaluation.tables(), overwrite=overwrite)
 
 

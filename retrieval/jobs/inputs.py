@@ -6,6 +6,10 @@
 * ``search`` / ``tune`` / ``build-index``: the split asked; else ``query`` (``gallery`` for
   build-index) when the file has a split column; else every row.
 * ``verify --trials``: the ``query`` and ``gallery`` splits.
+
+Wherever a file is named, a folder of Parquet files (``data.dataset``) is accepted too. A
+distributed job (``--ray``) takes the same rows, but its gallery stays where it is: a
+``GalleryView`` (the split of a data set, read part by part by the workers), never loaded here.
 """
 
 from __future__ import annotations
@@ -18,14 +22,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retrieval.data.errors import DataError
 from retrieval.labels import LabelledVectors, labelled
 from retrieval.run_schema import input_paths
 
 
 def has_split_column(path: Path) -> bool:
+    """Whether the file (or the first file of a folder) has a ``split`` column."""
     try:
+        if Path(path).is_dir():
+            from retrieval.data.dataset import dataset_files
+
+            path = dataset_files(path)[0]
         return "split" in pq.read_schema(path).names
-    except (OSError, pa.ArrowInvalid):
+    except (OSError, pa.ArrowInvalid, ValueError):
         return False  # read_embeddings will name the problem
 
 
@@ -40,7 +50,7 @@ def read_split(path: Path, split: str | None, default: str):
     """(Embeddings of the chosen split, the split chosen) of one file (see ``default_split``)."""
     from retrieval.data.store import read_embeddings
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(2, "no such file", str(path))
     chosen = default_split(path, split, default)
     return read_embeddings(path, splits=chosen), chosen
@@ -84,3 +94,60 @@ def evaluation_sets(embeddings: Path, gallery_file: Path | None, query_split: st
         splits={"query_split": chosen_query, "gallery_split": chosen_gallery},
         inputs=inputs,
     )
+
+
+@dataclass
+class DistributedSets:
+    """The queries (read here) and the gallery as a view workers read part by part."""
+
+    queries: LabelledVectors
+    gallery: Any  # retrieval.distributed.shards.GalleryView, or None (index top-k mode without a gallery)
+    splits: dict[str, str | None]
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def distributed_sets(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
+                     protocol: str, need_gallery: bool, index: Path | None = None, min_parts: int = 1) -> DistributedSets:
+    """The rows ``evaluation_sets`` takes, without loading the gallery: one streaming pass over
+    ``embeddings`` keeps the queries and hashes every row (the same content hash)."""
+    from retrieval.data.dataset import open_dataset
+    from retrieval.data.hashing import ContentHasher
+    from retrieval.data.store import concat_embeddings
+    from retrieval.distributed.shards import GalleryView
+
+    dataset = open_dataset(embeddings)
+    loo = protocol == "leave-one-out"
+    chosen_query = None if loo and query_split is None else (query_split or "query")
+    hasher, kept, present = ContentHasher(), [], set()
+    for batch in dataset.iter_batches(check_duplicates=False):
+        hasher.update(batch.ids, batch.vectors)
+        if batch.split is not None:
+            present.update(batch.split.tolist())
+        kept.append(batch if chosen_query is None else batch.select(batch.split == chosen_query)
+                    if batch.split is not None else batch)
+    if chosen_query is not None and not dataset.has_column("split"):
+        raise DataError(f"{embeddings}: no 'split' column, cannot select split '{chosen_query}'")
+    queries = concat_embeddings(kept, source=str(embeddings), metadata=dataset.metadata)
+    if len(queries) == 0:
+        raise DataError(f"{embeddings}: split '{chosen_query}' is empty (splits present: {', '.join(sorted(present))})")
+    _check_unique(embeddings, queries.ids)
+    if gallery_file is not None:
+        chosen_gallery, source = gallery_split, gallery_file
+    elif loo and gallery_split is None:
+        chosen_gallery, source = chosen_query, embeddings
+    elif need_gallery or gallery_split is not None or "gallery" in present:
+        chosen_gallery, source = gallery_split or "gallery", embeddings
+    else:
+        chosen_gallery, source = None, None
+    view = None if source is None else GalleryView.of(source, chosen_gallery, min_parts=min_parts)
+    inputs = {**input_paths(embeddings=embeddings), "content_hash": hasher.hexdigest(),
+              **input_paths(gallery=gallery_file), **input_paths(index=index)}
+    return DistributedSets(labelled(queries, name="queries"), view,
+                           {"query_split": chosen_query, "gallery_split": chosen_gallery}, inputs)
+
+
+def _check_unique(source: Path, ids: np.ndarray) -> None:
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if len(uniq) != len(ids):
+        raise DataError(f"{source}: column 'id' has {int((counts > 1).sum())} duplicated value(s) "
+                        f"(first: {', '.join(uniq[counts > 1][:5])})")

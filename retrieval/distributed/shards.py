@@ -1,0 +1,61 @@
+"""Gallery shards: which rows of which files each worker reads, and the reading itself.
+
+A ``GalleryView`` is the gallery of a distributed job: the rows of one split (or every row) of a
+data set (``data.dataset``: one Parquet file or a folder of them), cut into parts (files, or row
+ranges of a large file). A worker reads only its part (``load_part``), so the driver never holds
+the gallery's vectors. The gallery's row order, hence every global column, is the data set's
+order filtered by the split: the order a one-process run reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.data.dataset import DatasetPart, open_dataset, plan_parts, read_part
+from retrieval.data.errors import DataError
+from retrieval.labels import LabelledVectors, labelled
+
+# Parts are cut so that none holds more than this many rows (a worker's share of the vectors).
+MAX_PART_ROWS = 1 << 20
+
+
+@dataclass(frozen=True)
+class GalleryView:
+    """The gallery rows of a data set: the rows of ``split`` (None: every row), in its files' order."""
+
+    source: str
+    split: str | None
+    parts: tuple[DatasetPart, ...]
+
+    @classmethod
+    def of(cls, path: Path | str, split: str | None, min_parts: int = 1,
+           max_part_rows: int = MAX_PART_ROWS) -> "GalleryView":
+        dataset = open_dataset(path)
+        if split is not None and not dataset.has_column("split"):
+            raise DataError(f"{path}: no 'split' column, cannot select split '{split}'")
+        parts = plan_parts(dataset, min_parts=min_parts, max_rows=max_part_rows)
+        if not parts:
+            raise DataError(f"{path}: the data set has no rows")
+        return cls(str(path), split, tuple(parts))
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def empty_error(self) -> DataError:
+        what = f"split '{self.split}' is empty" if self.split is not None else "the data set has no rows"
+        return DataError(f"{self.source}: {what}")
+
+
+_cache: dict[tuple, LabelledVectors] = {}
+
+
+def load_part(part: DatasetPart, split: str | None) -> LabelledVectors:
+    """One part's gallery rows as labelled vectors (the last part read is kept for the next task)."""
+    stat = os.stat(part.path)
+    key = (str(part.path), part.start, part.stop, split, stat.st_mtime_ns, stat.st_size)
+    if key not in _cache:
+        _cache.clear()  # one part at a time: a worker never holds more than its current share
+        _cache[key] = labelled(read_part(part, split), name="gallery")
+    return _cache[key]
