@@ -110,40 +110,61 @@ def distributed_sets(embeddings: Path, gallery_file: Path | None, query_split: s
                      protocol: str, need_gallery: bool, index: Path | None = None, min_parts: int = 1) -> DistributedSets:
     """The rows ``evaluation_sets`` takes, without loading the gallery: one streaming pass over
     ``embeddings`` keeps the queries and hashes every row (the same content hash)."""
-    from retrieval.data.dataset import open_dataset
-    from retrieval.data.hashing import ContentHasher
-    from retrieval.data.store import concat_embeddings
     from retrieval.distributed.shards import GalleryView
 
-    dataset = open_dataset(embeddings)
     loo = protocol == "leave-one-out"
     chosen_query = None if loo and query_split is None else (query_split or "query")
-    hasher, kept, present = ContentHasher(), [], set()
-    for batch in dataset.iter_batches(check_duplicates=False):
-        hasher.update(batch.ids, batch.vectors)
-        if batch.split is not None:
-            present.update(batch.split.tolist())
-        kept.append(batch if chosen_query is None else batch.select(batch.split == chosen_query)
-                    if batch.split is not None else batch)
-    if chosen_query is not None and not dataset.has_column("split"):
-        raise DataError(f"{embeddings}: no 'split' column, cannot select split '{chosen_query}'")
-    queries = concat_embeddings(kept, source=str(embeddings), metadata=dataset.metadata)
-    if len(queries) == 0:
-        raise DataError(f"{embeddings}: split '{chosen_query}' is empty (splits present: {', '.join(sorted(present))})")
-    _check_unique(embeddings, queries.ids)
+    pass_ = streamed(embeddings, keep=chosen_query)
     if gallery_file is not None:
         chosen_gallery, source = gallery_split, gallery_file
     elif loo and gallery_split is None:
         chosen_gallery, source = chosen_query, embeddings
-    elif need_gallery or gallery_split is not None or "gallery" in present:
+    elif need_gallery or gallery_split is not None or "gallery" in pass_.present:
         chosen_gallery, source = gallery_split or "gallery", embeddings
     else:
         chosen_gallery, source = None, None
     view = None if source is None else GalleryView.of(source, chosen_gallery, min_parts=min_parts)
-    inputs = {**input_paths(embeddings=embeddings), "content_hash": hasher.hexdigest(),
+    inputs = {**input_paths(embeddings=embeddings), "content_hash": pass_.content_hash,
               **input_paths(gallery=gallery_file), **input_paths(index=index)}
-    return DistributedSets(labelled(queries, name="queries"), view,
-                           {"query_split": chosen_query, "gallery_split": chosen_gallery}, inputs)
+    return DistributedSets(pass_.kept, view, {"query_split": chosen_query, "gallery_split": chosen_gallery}, inputs)
+
+
+@dataclass
+class StreamedPass:
+    """One pass over a data set on the driver: the rows kept, the content hash, the splits seen."""
+
+    kept: LabelledVectors
+    content_hash: str
+    present: set[str]
+    counted: int  # rows of the counted split
+
+
+def streamed(path: Path, keep: str | None, hashed: tuple[str, ...] | None = None,
+             count: str | None = None) -> StreamedPass:
+    """Stream a data set once: keep the rows of split ``keep`` (None: all), hash the rows of the
+    splits ``hashed`` (None: all, in order), count the rows of split ``count``."""
+    from retrieval.data.dataset import open_dataset
+    from retrieval.data.hashing import ContentHasher
+    from retrieval.data.store import concat_embeddings
+
+    dataset = open_dataset(path)
+    for split in {keep, count, *(hashed or ())} - {None}:
+        if not dataset.has_column("split"):
+            raise DataError(f"{path}: no 'split' column, cannot select split '{split}'")
+    hasher, kept, present, counted = ContentHasher(), [], set(), 0
+    for batch in dataset.iter_batches(check_duplicates=False):
+        split = batch.split
+        if split is not None:
+            present.update(split.tolist())
+        hashed_rows = batch if hashed is None else batch.select(np.isin(split, hashed))
+        hasher.update(hashed_rows.ids, hashed_rows.vectors)
+        kept.append(batch if keep is None else batch.select(split == keep))
+        counted += int(np.sum(split == count)) if count is not None else 0
+    rows = concat_embeddings(kept, source=str(path), metadata=dataset.metadata)
+    if len(rows) == 0:
+        raise DataError(f"{path}: split '{keep}' is empty (splits present: {', '.join(sorted(present))})")
+    _check_unique(path, rows.ids)
+    return StreamedPass(labelled(rows, name="queries"), hasher.hexdigest(), present, counted)
 
 
 def _check_unique(source: Path, ids: np.ndarray) -> None:
