@@ -320,3 +320,16 @@ def iter_part_batches(parts: Sequence[DatasetPart], splits=None) -> Iterator:
     """The parts' rows in order, one part at a time."""
     for part in parts:
         yield read_part(part, splits)
+
+
+def count_part_rows(part: DatasetPart, split: str | None) -> int:
+    """How many rows of one part belong to ``split`` (every row: None), reading only that column."""
+    if split is None:
+        return part.rows
+    parquet = pq.ParquetFile(part.path)
+    bounds = np.concatenate([[0], np.cumsum(part.row_group_rows)]).astype(int)
+    first = max(int(np.searchsorted(bounds, part.start, side="right")) - 1, 0)
+    last = max(int(np.searchsorted(bounds, part.stop, side="left")), first + 1)
+    column = parquet.read_row_groups(list(range(first, last)), columns=[schema.SPLIT]).column(schema.SPLIT)
+    values = column.slice(part.start - int(bounds[first]), part.rows)
+    return int(np.sum(np.asarray(values.to_pylist(), dtype=object) == split))

@@ -172,11 +172,12 @@ class Evaluation:
 
 def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options: EvaluateOptions, *,
              index_handle=None, splits: dict | None = None, inputs: dict | None = None,
-             progress: ProgressCallback | None = None) -> Evaluation:
+             progress: ProgressCallback | None = None, cluster=None) -> Evaluation:
     """Run the evaluation ``options`` describe on labelled queries and gallery.
 
     ``gallery`` may be None in top-k mode when only the index holds it (no re-ranking then).
-    ``index_handle``: an opened index (else ``options.index.path`` is opened when given).
+    ``index_handle``: an opened index (else ``options.index.path`` is opened when given; a sharded
+    one searched on ``cluster`` when given).
     """
     from retrieval.eval.distances import resolve_device
 
@@ -191,7 +192,7 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     notes: list[str] = []
     clock = time.perf_counter()
     if options.index is not None or index_handle is not None:
-        plain = _index_stage(queries, gallery, options, index_handle, notes, progress)
+        plain = _index_stage(queries, gallery, options, index_handle, notes, progress, cluster)
         timings["index_search_and_rank"] = time.perf_counter() - clock
     else:
         plain = _ranking_stage(_embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
@@ -209,7 +210,8 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     ci = confidence_intervals(final, options.ci, options.seed, notes) if options.ci is not None else None
     return Evaluation(final=final, plain=plain, options=options, compute_device=compute_device,
                       rerank_params=rerank_params, ci=ci, splits=dict(splits or {"query_split": None, "gallery_split": None}),
-                      inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes))
+                      inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes),
+                      cluster=None if cluster is None else cluster.describe())
 
 
 def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
@@ -230,7 +232,7 @@ def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str
                            need_gallery=index is None or options.rerank is not None, index=index)
     seconds = time.perf_counter() - clock
     evaluation = evaluate(sets.queries, sets.gallery, options, splits=sets.splits, inputs=sets.inputs,
-                          progress=progress)
+                          progress=progress, cluster=cluster)
     return with_timing(evaluation, "load", seconds)
 
 
@@ -315,15 +317,15 @@ def _rerank_source(queries, gallery, options: EvaluateOptions, device: str, prog
 
 
 def _index_stage(queries: LabelledVectors, gallery: LabelledVectors | None, options: EvaluateOptions, handle,
-                 notes: list[str], progress):
+                 notes: list[str], progress, cluster=None):
     """Search the index with the queries and score its top-k lists (AP labelled mAP@k)."""
     from retrieval.eval.evaluate import evaluate_topk
 
     index = options.index or IndexOptions(path=Path(handle.path))
     if handle is None:
-        from retrieval.indexes.store import load_index
+        from retrieval.distributed.index import open_index
 
-        handle = load_index(index.path, device=options.device)
+        handle = open_index(index.path, device=options.device, cluster=cluster, progress=progress)
     if options.metric is not None:
         handle.check_metric(options.metric)
     if gallery is not None and gallery.vectors.shape[1] > 0:
