@@ -62,6 +62,8 @@ def build_index_command(
                            pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m, train_size=train_size, device=device.value,
                            seed=seed, split=split, shards=shards)
     options.check()
+    if ray is not None and shards is None:
+        raise typer.BadParameter("--ray builds a sharded index: give --shards S as well", param_hint="--ray")
     with cluster_for(ray) as cluster, stage_progress(quiet=json_out) as progress:
         result = build(embeddings, out, options, overwrite=overwrite, progress=progress, cluster=cluster)
     manifest = result.manifest
