@@ -206,6 +206,21 @@ def block_top_k(block: DistanceBlock, k: int) -> tuple[np.ndarray, np.ndarray]:
     return _first_k(_PairValues(block, rows, cols), rows, cols, num_rows, k)
 
 
+def block_top_candidates(block: DistanceBlock, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every entry that can be among its row's first ``k`` (the entries within 2B of the approximate
+    k-th): (local rows, cols, approximate values, their bounds), all float64 values; no exact value
+    is computed. The row's first k by exact (value, column) are among them (see ``block_top_k``)."""
+    num_rows, num_cols = block.values.shape
+    k = min(k, num_cols)
+    if k == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.float64), np.empty(0, np.float64)
+    bound = np.asarray(block.bound, dtype=np.float64)
+    cands = _Candidates(block, np.empty(0, np.int64), np.empty(0, np.float64), 2.0 * bound, k)
+    rows, cols = cands.top(k, 2.0 * bound)
+    return rows, cols, block.values[rows, cols].astype(np.float64), bound[rows]
+
+
 def count_before_exact(block: DistanceBlock, labels: RankingLabels, match_rows: np.ndarray, match_values: np.ndarray,
                        match_cols: np.ndarray, col_offset: int = 0) -> np.ndarray:
     """Per given match: the block's kept non-matches before it in exact (value, column) order.

@@ -109,6 +109,7 @@ class RerankedDistances:
         self._progress = progress
         self._graph: NeighbourhoodGraph | None = None
         self._gallery_v: sp.csc_matrix | None = None
+        self._gallery_rows: sp.csr_matrix | None = None
         self._space: KeySpace | None = None
 
     @classmethod
@@ -138,7 +139,8 @@ class RerankedDistances:
         self._progress = progress
         # the query rows are all blocks() reads of the graph; the gallery's rows are kept as columns
         self._graph = NeighbourhoodGraph(v=query_rows.tocsr(), row_max=np.asarray(query_row_max, np.float64))
-        self._gallery_v = gallery_rows.tocsc()
+        self._gallery_rows = gallery_rows.tocsr()
+        self._gallery_v = self._gallery_rows.tocsc()
         self._space = None
         return self
 
@@ -154,7 +156,8 @@ class RerankedDistances:
                 self._vectors, self.k1, self.k2, power=_power(self.distance), in_graph=self.in_graph,
                 device=self.device, progress=self._progress, num_queries=self.num_queries,
             )
-            self._gallery_v = self._graph.v[self.num_queries:].tocsc()
+            self._gallery_rows = self._graph.v[self.num_queries:]
+            self._gallery_v = self._gallery_rows.tocsc()
         return self._graph
 
     def to_distance(self, values: np.ndarray) -> np.ndarray:
@@ -186,6 +189,30 @@ class RerankedDistances:
             if self._progress is not None:
                 self._progress("jaccard", stop, self.num_queries)
             yield DistanceBlock(start, final, bound, self._exact_fn(start, jaccard_part, row_max))
+
+    def exact(self, query_rows: np.ndarray, gallery_cols: np.ndarray) -> np.ndarray:
+        """Exact final distances of (query row, gallery column) pairs, without a distance block.
+
+        The same operations as a block's exact values, pair by pair: m summed over the shared
+        support in column order from 0 (as ``shared_min_sums`` adds a pair's terms), so every
+        value equals the one :meth:`blocks` settles for that pair, bit for bit.
+        """
+        rows = np.asarray(query_rows, dtype=np.int64)
+        cols = np.asarray(gallery_cols, dtype=np.int64)
+        graph = self.graph
+        both = graph.v[rows].minimum(self._gallery_rows[cols]).tocsr()
+        both.sort_indices()
+        m = np.bincount(np.repeat(np.arange(len(rows)), np.diff(both.indptr)), weights=both.data,
+                        minlength=len(rows)).astype(np.float64)
+        denominator = 2.0 - m
+        np.divide(m, denominator, out=m)
+        np.subtract(1.0, m, out=m)
+        m *= 1.0 - self.lambda_
+        keys = self.space.exact(rows, cols).astype(np.float64)
+        d = _normalised(keys, graph.row_max[rows], _power(self.distance))
+        d *= self.lambda_
+        d += m
+        return d
 
     def _final(self, jaccard_part: np.ndarray, squared: np.ndarray, row_max: np.ndarray) -> np.ndarray:
         """(1 − λ)·d_J + λ·d, the same operations for a block and for exact pairs."""

@@ -6,14 +6,18 @@ exactly (``indexes.distance``), any worker computes the same exact value for a p
 never need the same arithmetic, only the same definitions:
 
 1. ``first_pass`` (each shard): the exact values of its own true matches of every query (the
-   pairs are known from the labels) and each query's first ``keep_top`` columns of the shard in
-   exact (value, column) order;
+   pairs are known from the labels: no distance block is computed);
 2. the driver gathers every match's exact value and global column (``MatchList``);
-3. ``count_pass`` (each shard): for every match of every query, the shard's kept non-matches
-   before it in exact (value, global column) order (``ranking.count_before_exact``);
+3. ``second_pass`` (each shard, its one pass over its distance blocks): for every match of every
+   query, the shard's kept non-matches before it in exact (value, global column) order
+   (``ranking.count_before_exact``), and the candidates for each query's first ``keep_top``
+   items: approximate values with their bounds (``ranking.block_top_candidates``);
 4. the driver sums the counts per match: rank_j = j + Σ_shards before_j, matches ordered by their
    sums (swapping two matches leaves the set of ranks as it is: ``ranking.ranks_from_before_counts``),
-   and merges the shards' top lists by (exact value, global column) (``merge_top``).
+   and keeps the candidates that can still be among a query's first ``keep_top`` over all shards
+   (``top_survivors``: about keep_top per query, however many shards);
+5. each shard gives the exact values of its survivors (``source.exact``, no block), and the driver
+   orders them by (exact value, global column) (``top_from_exact``).
 
 The ranks, the top lists and therefore every metric and per-query value equal those of
 ``evaluate.evaluate_ranking`` over the whole gallery, bit for bit, for any number of shards.
@@ -25,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.eval.distances import DistanceSource, block_rows_for
+from retrieval.eval.distances import DistanceSource, above, below, block_rows_for
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
-from retrieval.eval.ranking import block_top_k, count_before_exact, ranks_from_before_counts
+from retrieval.eval.ranking import block_top_candidates, count_before_exact, ranks_from_before_counts
 
 
 @dataclass(frozen=True)
@@ -48,57 +52,89 @@ class MatchList:
         return slice(int(lo), int(hi))
 
 
-@dataclass(frozen=True)
-class ShardTop:
-    """One shard's first items per query: global columns and exact values, (Q, k_s)."""
+def first_pass(source: DistanceSource, labels: RankingLabels, col_offset: int) -> MatchList:
+    """Exact values of the shard's true matches of every query (global columns).
 
-    cols: np.ndarray
-    values: np.ndarray
-
-
-@dataclass(frozen=True)
-class FirstPass:
-    """What one shard sends after its first pass."""
-
-    matches: MatchList  # its own true matches (global columns)
-    top: ShardTop | None
-    num_gallery: int
-
-
-def first_pass(source: DistanceSource, labels: RankingLabels, col_offset: int, keep_top: int,
-               block_rows: int | None = None) -> FirstPass:
-    """Exact values of the shard's true matches and each query's first ``keep_top`` shard columns.
-
-    ``source`` / ``labels``: all queries × this shard's gallery (local columns 0 .. G_s − 1).
+    ``source`` / ``labels``: all queries × this shard's gallery (local columns 0 .. G_s − 1); the
+    source gives exact values of chosen pairs (``source.exact(query rows, columns)``).
     """
     _check(source, labels)
-    block_rows = block_rows or block_rows_for(source.num_gallery)
-    queries, values, cols, top_cols, top_values = [], [], [], [], []
-    for block in source.blocks(block_rows):
-        rows, local_cols = labels.match_pairs(np.arange(block.start, block.stop))
-        queries.append(rows)
-        cols.append(local_cols + col_offset)
-        values.append(block.exact(rows - block.start, local_cols))
-        if keep_top > 0:
-            c, v = block_top_k(block, keep_top)
-            top_cols.append(c + col_offset)
-            top_values.append(v)
-    matches = MatchList(_cat(queries, np.int64), _cat(values, np.float64), _cat(cols, np.int64))
-    top = ShardTop(np.concatenate(top_cols), np.concatenate(top_values)) if keep_top > 0 else None
-    return FirstPass(matches, top, source.num_gallery)
+    rows, cols = labels.match_pairs(np.arange(source.num_queries))
+    values = source.exact(rows, cols) if len(rows) else np.empty(0, np.float64)
+    return MatchList(rows.astype(np.int64), np.asarray(values, np.float64), cols.astype(np.int64) + col_offset)
 
 
-def count_pass(source: DistanceSource, labels: RankingLabels, matches: MatchList, col_offset: int,
-               block_rows: int | None = None) -> np.ndarray:
-    """(M,) per match of ``matches`` (all shards'): this shard's kept non-matches before it."""
+@dataclass(frozen=True)
+class TopCandidates:
+    """Entries that may be among their query's first items: query row, global column, approximate
+    value and its bound (|value − exact| ≤ bound)."""
+
+    query: np.ndarray
+    col: np.ndarray
+    value: np.ndarray
+    bound: np.ndarray
+
+
+@dataclass(frozen=True)
+class SecondPass:
+    """What one shard sends after its pass over its distance blocks."""
+
+    before: np.ndarray  # (M,) per match of all shards: this shard's kept non-matches before it
+    top: TopCandidates | None  # candidates for each query's first items (global columns)
+
+
+def second_pass(source: DistanceSource, labels: RankingLabels, matches: MatchList, col_offset: int,
+                keep_top: int = 0, block_rows: int | None = None) -> SecondPass:
+    """One pass over the shard's blocks: the counts for every match of ``matches`` (all shards'),
+    and the candidates for each query's first ``keep_top`` items."""
     _check(source, labels)
     block_rows = block_rows or block_rows_for(source.num_gallery)
     before = np.zeros(len(matches), np.int64)
+    parts: list[tuple] = []
     for block in source.blocks(block_rows):
         part = matches.rows(block.start, block.stop)
         before[part] = count_before_exact(block, labels, matches.query[part], matches.value[part],
                                           matches.col[part], col_offset)
-    return before
+        if keep_top > 0:
+            rows, cols, values, bounds = block_top_candidates(block, keep_top)
+            parts.append((rows + block.start, cols + col_offset, values, bounds))
+    top = None
+    if keep_top > 0:
+        top = TopCandidates(*(_cat([p[i] for p in parts], t) for i, t in
+                              enumerate((np.int64, np.int64, np.float64, np.float64))))
+    return SecondPass(before, top)
+
+
+def top_survivors(parts: list[TopCandidates], num_queries: int, k: int) -> list[np.ndarray]:
+    """Per part, a mask of its candidates that can be among their query's first ``k`` over all parts.
+
+    The k-th smallest exact value of a query is at most T, the k-th smallest upper end
+    (value + bound) of its candidates; a candidate whose lower end exceeds T cannot be among its
+    first k (ties at T survive). Every part gives each query at least min(k, its columns) candidates.
+    """
+    query = _cat([p.query for p in parts], np.int64)
+    upper = above(_cat([p.value for p in parts], np.float64), _cat([p.bound for p in parts], np.float64))
+    lower = below(_cat([p.value for p in parts], np.float64), _cat([p.bound for p in parts], np.float64))
+    order = np.lexsort((upper, query))
+    first = np.searchsorted(query[order], np.arange(num_queries), side="left")
+    counts = np.bincount(query, minlength=num_queries)
+    kth = np.full(num_queries, np.inf)
+    has = counts >= k
+    kth[has] = upper[order[first[has] + k - 1]]
+    keep = lower <= kth[query]
+    sizes = np.cumsum([0] + [len(p.query) for p in parts])
+    return [keep[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def top_from_exact(query: np.ndarray, col: np.ndarray, value: np.ndarray, num_queries: int, k: int) -> np.ndarray:
+    """(num_queries, k) positions into the survivors of each query's first ``k`` by (exact value,
+    global column): take the columns, values and anything carried beside them with it."""
+    order = np.lexsort((col, value, query))
+    position = np.arange(len(order)) - np.searchsorted(query[order], query[order], side="left")
+    chosen = order[position < k]
+    if len(chosen) != num_queries * k:
+        raise EvaluationError(f"internal error: {len(chosen)} top items for {num_queries} queries × {k}")
+    return chosen.reshape(num_queries, k)
 
 
 def gather_matches(parts: list[MatchList]) -> MatchList:
@@ -115,22 +151,6 @@ def match_ranks_from_counts(matches: MatchList, counts: list[np.ndarray]) -> tup
     """(query row, rank) of every match: the shards' counts summed per match."""
     before = np.sum(counts, axis=0) if counts else np.zeros(len(matches), np.int64)
     return ranks_from_before_counts(matches.query, before)
-
-
-def merge_order(parts: list[ShardTop], k: int) -> np.ndarray:
-    """(Q, k) positions, in the shards' lists placed side by side, of each query's first ``k`` items
-    over all shards by (exact value, global column): take anything carried beside the lists with it."""
-    cols = np.concatenate([p.cols for p in parts], axis=1)
-    values = np.concatenate([p.values for p in parts], axis=1)
-    return np.lexsort((cols, values), axis=1)[:, :min(k, cols.shape[1])]
-
-
-def merge_top(parts: list[ShardTop], k: int) -> ShardTop:
-    """Each query's first ``k`` items over all shards, by (exact value, global column)."""
-    order = merge_order(parts, k)
-    cols = np.concatenate([p.cols for p in parts], axis=1)
-    values = np.concatenate([p.values for p in parts], axis=1)
-    return ShardTop(np.take_along_axis(cols, order, axis=1), np.take_along_axis(values, order, axis=1))
 
 
 def shard_offsets(sizes: list[int]) -> list[int]:

@@ -121,7 +121,7 @@ def test_cli_run_record_names_the_cluster_and_progress_is_one_bar_over_shards(cl
     evaluate_files(data, None, None, None, EvaluateOptions(), cluster=cluster,
                    progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)))
     shards = record["cluster"]["shards"]
-    assert set(seen) == {"rank: shards, round 1 of 2", "rank: shards, round 2 of 2"}
+    assert set(seen) == {f"rank: shards, round {i} of 3" for i in (1, 2, 3)}
     assert all(calls == [(i, shards) for i in range(shards + 1)] for calls in seen.values())
 
 
@@ -133,3 +133,13 @@ def test_cluster_refusals(cluster, data, tmp_path, capsys) -> None:
     with pytest.raises(Exception, match="split 'nope' is empty|no 'split'"):
         evaluate_files(data, None, None, "nope", EvaluateOptions(), cluster=cluster)
     assert np.isfinite(evaluate_files(data, None, None, None, EvaluateOptions(), cluster=cluster).final.mAP)
+
+
+def test_notebook_door_on_the_cluster(cluster, data) -> None:
+    import retrieval
+
+    here = retrieval.evaluate(data, metric="cosine", rerank=True, k1=6, k2=2)
+    there = retrieval.evaluate(str(data), metric="cosine", rerank=True, k1=6, k2=2, ray="local:2")
+    assert here.to_dict() == there.to_dict() and here.per_query_table().equals(there.per_query_table())
+    with pytest.raises(Exception, match="ray= needs file paths"):
+        retrieval.evaluate(np.zeros((2, 3)), np.zeros((2, 3)), [1, 2], [1, 2], ray="local:2")

@@ -96,3 +96,9 @@ def test_ray_without_shards_is_a_usage_error(tmp_path: Path, gallery_file: Path,
     assert code == 2 and "give --shards S" in capsys.readouterr().err  # refused before any cluster starts
     code = run(["build-index", str(gallery_file), "--out", str(tmp_path / "i"), "--shards", "2", "--ray", "local:x"])
     assert code == 2 and "expected local, local:N" in capsys.readouterr().err
+
+
+def test_tune_refuses_a_sharded_index(tmp_path: Path, gallery_file: Path, capsys) -> None:
+    build(gallery_file, tmp_path / "idx", BuildOptions(device="cpu", shards=2), overwrite=False)
+    assert run(["tune", str(tmp_path / "idx"), str(gallery_file)]) == 2
+    assert "sharded index is not tuned" in capsys.readouterr().err

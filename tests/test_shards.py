@@ -41,18 +41,23 @@ def sharded_result(data, cuts, source_for, protocol="market", keep_top=7, block_
     """The whole evaluation done shard by shard, as the Ray driver does it."""
     edges = [0, *cuts, len(data["labels"][1])]
     shards = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    firsts = [S.first_pass(source_for(a, b), _labels(data, a, b, protocol), a, keep_top, block_rows) for a, b in shards]
-    matches = S.gather_matches([f.matches for f in firsts])
-    counts = [S.count_pass(source_for(a, b), _labels(data, a, b, protocol), matches, a, block_rows + 1)
-              for a, b in shards]
-    query, rank = S.match_ranks_from_counts(matches, counts)
-    top = S.merge_top([f.top for f in firsts], keep_top)
+    matches = S.gather_matches([S.first_pass(source_for(a, b), _labels(data, a, b, protocol), a) for a, b in shards])
+    seconds = [S.second_pass(source_for(a, b), _labels(data, a, b, protocol), matches, a, keep_top, block_rows)
+               for a, b in shards]
+    query, rank = S.match_ranks_from_counts(matches, [s.before for s in seconds])
     qp, gp, qc, gc, qi, gi = data["labels"]
+    k = min(keep_top, len(gp))
+    survive = S.top_survivors([s.top for s in seconds], len(qp), k)
+    top_q = np.concatenate([s.top.query[keep] for s, keep in zip(seconds, survive)])
+    top_c = np.concatenate([s.top.col[keep] for s, keep in zip(seconds, survive)])
+    top_v = np.concatenate([source_for(a, b).exact(s.top.query[keep], s.top.col[keep] - a)
+                            for (a, b), s, keep in zip(shards, seconds, survive)])
+    order = S.top_from_exact(top_q, top_c, top_v, len(qp), k)
     whole = _labels(data, protocol=protocol)
-    rows = np.repeat(np.arange(len(qp)), top.cols.shape[1])
-    cols = top.cols.ravel()
-    table = rankings_table(qi[rows], np.tile(np.arange(1, top.cols.shape[1] + 1), len(qp)), gi[cols],
-                           to_distance(top.values).ravel(), whole.is_match(rows, cols), whole.is_junk(rows, cols))
+    rows = np.repeat(np.arange(len(qp)), k)
+    cols = top_c[order].ravel()
+    table = rankings_table(qi[rows], np.tile(np.arange(1, k + 1), len(qp)), gi[cols],
+                           to_distance(top_v[order]).ravel(), whole.is_match(rows, cols), whole.is_junk(rows, cols))
     return evaluate_from_ranks(query, rank, qp, qc if protocol == "market" else None, num_gallery=len(gp),
                                protocol=protocol, query_ids=qi, metric=metric, rankings=table)
 
@@ -187,3 +192,13 @@ def test_verification_passes_over_shards_equal_one_pass() -> None:
                                    hot, binner, [1e-1, 1e-2, 1e-3], "sqeuclidean", whole_labels)
     assert got.to_dict() == expected.to_dict()
     assert np.array_equal(got.roc.curve.far, expected.roc.curve.far)
+
+
+def test_reranked_pair_values_equal_the_blocks_exact_values() -> None:
+    rng = np.random.default_rng(8)
+    q, g = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(30, 5)).astype(np.float32)
+    for distance in ("squared", "toolkit"):
+        source = RerankedDistances(q, g, k1=5, k2=3, lambda_=0.2, distance=distance)
+        dense = source.dense(block_rows=3)
+        rows, cols = np.nonzero(np.ones(dense.shape, bool))
+        assert np.array_equal(source.exact(rows, cols), dense[rows, cols])

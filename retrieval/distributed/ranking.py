@@ -1,9 +1,12 @@
 """Exact ranking over gallery shards on Ray: two rounds of shard tasks, the merge on the driver.
 
 Round 1 (``first_pass_task``, one per gallery part): the exact values of the part's true matches
-of every query and each query's first items in the part; round 2 (``count_task``): for every match
-of every query, the part's kept non-matches before it. The driver sums the counts and merges the
-top lists (``eval.shards``), then assembles the ``RankingResult`` as one process would
+of every query (pairs known from the labels; no distance block); round 2 (``second_pass_task``,
+the one pass over the part's distance blocks): for every match of every query, the part's kept
+non-matches before it, and the candidates for each query's first items; round 3 (``top_task``,
+only when rankings are kept; no block): the exact values and labels of the candidates that can
+still be among a query's first items over all parts. The driver sums the counts and orders the
+top items (``eval.shards``), then assembles the ``RankingResult`` as one process would
 (``eval.evaluate.evaluate_from_ranks``): bit-identical ranks, metrics and tables.
 
 The distances a shard ranks by come from a ``RankSpec``: plain embedding distances, or the
@@ -69,14 +72,20 @@ class RankSpec:
 
 @dataclass(frozen=True)
 class ShardFirst:
-    """Round 1 of one part: its size, its matches and its top items (local columns), their labels."""
+    """Round 1 of one part: its size and its true matches (local columns)."""
 
     num_gallery: int
     matches: sharded.MatchList
-    top: sharded.ShardTop | None
-    top_ids: np.ndarray | None  # (Q, k_s) gallery ids of the top items
-    top_match: np.ndarray | None
-    top_junk: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ShardTopValues:
+    """Round 3 of one part: exact values and labels of its surviving top candidates."""
+
+    values: np.ndarray
+    ids: np.ndarray
+    is_match: np.ndarray
+    is_junk: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -107,29 +116,29 @@ def _shard(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra)
 
 
 def first_pass_task(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra) -> ShardFirst:
-    """Round 1 on one gallery part (a Ray task)."""
+    """Round 1 on one gallery part (a Ray task): its size and the exact values of its true matches."""
     fault_point("first-pass")
     gallery, source, labels = _shard(part, split, queries, spec, shared, extra)
     if source is None:
-        return ShardFirst(0, sharded.gather_matches([]), None, None, None, None)
-    first = sharded.first_pass(source, labels, 0, spec.keep_top, spec.block_rows)
-    if first.top is None:
-        return ShardFirst(first.num_gallery, first.matches, None, None, None, None)
-    rows = np.repeat(np.arange(len(queries)), first.top.cols.shape[1])
-    cols = first.top.cols.ravel()
-    shape = first.top.cols.shape
-    return ShardFirst(first.num_gallery, first.matches, first.top, gallery.ids[cols].reshape(shape),
-                      labels.is_match(rows, cols).reshape(shape), labels.is_junk(rows, cols).reshape(shape))
+        return ShardFirst(0, sharded.gather_matches([]))
+    return ShardFirst(len(gallery), sharded.first_pass(source, labels, 0))
 
 
-def count_task(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra, matches: sharded.MatchList,
-               offset: int) -> np.ndarray:
-    """Round 2 on one gallery part (a Ray task): per match, the part's kept non-matches before it."""
+def second_pass_task(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra,
+                     matches: sharded.MatchList, offset: int) -> sharded.SecondPass:
+    """Round 2 on one gallery part (a Ray task): per match, the part's kept non-matches before it,
+    and the candidates for each query's first items."""
     fault_point("count")
     _, source, labels = _shard(part, split, queries, spec, shared, extra)
-    if source is None:
-        return np.zeros(len(matches), np.int64)
-    return sharded.count_pass(source, labels, matches, offset, spec.block_rows)
+    return sharded.second_pass(source, labels, matches, offset, spec.keep_top, spec.block_rows)
+
+
+def top_task(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra, rows: np.ndarray,
+             cols: np.ndarray) -> ShardTopValues:
+    """Round 3 on one gallery part (a Ray task): exact values and labels of chosen (query, local column) pairs."""
+    gallery, source, labels = _shard(part, split, queries, spec, shared, extra)
+    return ShardTopValues(np.asarray(source.exact(rows, cols)), gallery.ids[cols], labels.is_match(rows, cols),
+                          labels.is_junk(rows, cols))
 
 
 def rank_shards(view: GalleryView, queries: LabelledVectors, spec: RankSpec, *, shared: Any = None,
@@ -139,23 +148,27 @@ def rank_shards(view: GalleryView, queries: LabelledVectors, spec: RankSpec, *, 
     extras = extras if extras is not None else [None] * len(view.parts)
     queries_ref, shared_ref = put(queries), put(shared)
     extra_refs = [put(extra) for extra in extras]
+    rounds = 3 if spec.keep_top else 2
     first_task = remote(first_pass_task)
     firsts: list[ShardFirst] = gather(
         [first_task.remote(part, view.split, queries_ref, spec, shared_ref, extra)
-         for part, extra in zip(view.parts, extra_refs)], progress, f"{stage}: shards, round 1 of 2")
+         for part, extra in zip(view.parts, extra_refs)], progress, f"{stage}: shards, round 1 of {rounds}")
     sizes = [f.num_gallery for f in firsts]
     if sum(sizes) == 0:
         raise view.empty_error()
     offsets = sharded.shard_offsets(sizes)
     matches = sharded.gather_matches([_shifted(f.matches, o) for f, o in zip(firsts, offsets)])
     matches_ref = put(matches)
-    count = remote(count_task)
-    counts = gather(
-        [count.remote(part, view.split, queries_ref, spec, shared_ref, extra, matches_ref, offset)
-         for part, extra, offset, size in zip(view.parts, extra_refs, offsets, sizes) if size],
-        progress, f"{stage}: shards, round 2 of 2")
-    query, rank = sharded.match_ranks_from_counts(matches, counts)
-    top = _merged_top(firsts, offsets, spec.keep_top)
+    used = [(part, extra, offset) for part, extra, offset, size in zip(view.parts, extra_refs, offsets, sizes) if size]
+    second = remote(second_pass_task)
+    seconds: list[sharded.SecondPass] = gather(
+        [second.remote(part, view.split, queries_ref, spec, shared_ref, extra, matches_ref, offset)
+         for part, extra, offset in used], progress, f"{stage}: shards, round 2 of {rounds}")
+    query, rank = sharded.match_ranks_from_counts(matches, [s.before for s in seconds])
+    top = (None,) * 5
+    if spec.keep_top > 0:
+        top = _top_items(used, seconds, view.split, queries_ref, spec, shared_ref, len(queries),
+                         min(spec.keep_top, sum(sizes)), progress, stage)
     return ShardedRanks(query, rank, sum(sizes), *top, shards=len(view.parts))
 
 
@@ -163,15 +176,21 @@ def _shifted(matches: sharded.MatchList, offset: int) -> sharded.MatchList:
     return sharded.MatchList(matches.query, matches.value, matches.col + offset)
 
 
-def _merged_top(firsts: list[ShardFirst], offsets: list[int], keep_top: int):
-    with_top = [(f, o) for f, o in zip(firsts, offsets) if f.top is not None]
-    if keep_top <= 0 or not with_top:
-        return None, None, None, None, None
-    tops = [sharded.ShardTop(f.top.cols + o, f.top.values) for f, o in with_top]
-    order = sharded.merge_order(tops, keep_top)
-    cat = lambda arrays: np.take_along_axis(np.concatenate(arrays, axis=1), order, axis=1)  # noqa: E731
-    return (cat([t.cols for t in tops]), cat([t.values for t in tops]), cat([f.top_ids for f, _ in with_top]),
-            cat([f.top_match for f, _ in with_top]), cat([f.top_junk for f, _ in with_top]))
+def _top_items(used, seconds, split, queries_ref, spec: RankSpec, shared_ref, num_queries: int, k: int, progress,
+               stage: str):
+    """Round 3: the surviving candidates' exact values and labels, then each query's first k."""
+    survive = sharded.top_survivors([s.top for s in seconds], num_queries, k)
+    task = remote(top_task)
+    picked = [(s.top.query[keep], s.top.col[keep], offset) for s, keep, (_, _, offset) in zip(seconds, survive, used)]
+    values: list[ShardTopValues] = gather(
+        [task.remote(part, split, queries_ref, spec, shared_ref, extra, rows, cols - offset)
+         for (part, extra, _), (rows, cols, offset) in zip(used, picked)], progress, f"{stage}: shards, round 3 of 3")
+    query = np.concatenate([rows for rows, _, _ in picked])
+    col = np.concatenate([cols for _, cols, _ in picked])
+    value = np.concatenate([v.values for v in values])
+    order = sharded.top_from_exact(query, col, value, num_queries, k)
+    cat = lambda name: np.concatenate([getattr(v, name) for v in values])[order]  # noqa: E731
+    return col[order], value[order], cat("ids"), cat("is_match"), cat("is_junk")
 
 
 def ranking_result(ranks: ShardedRanks, queries: LabelledVectors, spec: RankSpec, *, ap_variant: str, max_rank: int,

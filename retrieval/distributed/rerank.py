@@ -112,6 +112,53 @@ def pair_keys_task(rows: ItemShard, bases: list, member_offsets: list[int], loca
 
 
 @dataclass
+class ItemNeighbours:
+    """Exact k-NN lists of every item (the queries, if any, then the gallery) among the graph items."""
+
+    keys: np.ndarray  # (N, k) float32 exact squared distances, ascending, ties by item
+    items: np.ndarray  # (N, k) int64 graph-item indices (into the items in the graph, in item order)
+    row_max: np.ndarray  # (N,) float64 exact largest squared distance to the graph items
+    in_graph: np.ndarray  # (N,) bool
+    items_per_shard: np.ndarray  # rows of each item shard (queries first, when given)
+    shards: list  # object references of the item shards (for more pair distances: ``pair_keys``)
+    member_offsets: list[int]  # first graph item of each shard
+
+    def pair_keys(self, progress: ProgressCallback | None = None) -> "_PairKeys":
+        return _PairKeys(self.shards, self.member_offsets, progress)
+
+
+def neighbours_on_cluster(queries: LabelledVectors | None, view: GalleryView, k: int, *, metric: str = "euclidean",
+                          exclude_pids: tuple[int, ...] | None = None,
+                          progress: ProgressCallback | None = None) -> ItemNeighbours:
+    """The exact k nearest graph items of every item, on the cluster (step 2 of re-ranking).
+
+    The items are ``queries`` (None: none) then the gallery of ``view``; with ``exclude_pids`` the
+    items of those identities are in no one's list (their own lists and maxima still computed).
+    Also the hook for jobs that need a k-NN graph of a sharded gallery (e.g. clustering).
+    """
+    load = remote(load_items_task, num_returns=2)
+    loaded = [load.remote(part, view.split, metric, exclude_pids) for part in view.parts]
+    sizes = gather([size for size, _ in loaded], progress, "neighbours: reading shards")
+    shards = [shard for _, shard in loaded]
+    if queries is not None:
+        own = item_shard(queries, metric, exclude_pids)
+        shards = [put(own)] + shards
+        sizes = [(len(own.vectors), int(own.in_graph.sum()))] + list(sizes)
+    items = np.array([c for c, _ in sizes])
+    members = np.array([m for _, m in sizes])
+    if k > int(members.sum()):
+        raise OptionError(f"k1 must be smaller than the {int(members.sum())} items of the re-ranking graph, "
+                          f"got {k - 1}", "--k1")
+    member_offsets = [int(x) for x in np.concatenate([[0], np.cumsum(members)[:-1]])]
+    knn = remote(knn_task)
+    lists = gather([knn.remote(shard, shards, member_offsets, k) for shard in shards], progress,
+                   "neighbours: shards")
+    in_graph = _in_graph_mask(exclude_pids, shards, items)
+    return ItemNeighbours(np.concatenate([l[0] for l in lists]), np.concatenate([l[1] for l in lists]),
+                          np.concatenate([l[2] for l in lists]), in_graph, items, shards, member_offsets)
+
+
+@dataclass
 class GraphOnCluster:
     """The graph and what the ranking rounds need of it."""
 
@@ -124,39 +171,21 @@ def build_graph(queries: LabelledVectors, view: GalleryView, *, k1: int, k2: int
     """Steps 1–6 of re-ranking over the cluster (see the module docstring)."""
     from retrieval.eval.rerank import graph_from_neighbours
 
-    load = remote(load_items_task, num_returns=2)
-    loaded = [load.remote(part, view.split, metric, exclude_pids) for part in view.parts]
-    sizes = gather([size for size, _ in loaded], progress, "re-ranking: reading shards")
-    shards = [put(item_shard(queries, metric, exclude_pids))] + [shard for _, shard in loaded]
-    counts = [(len(queries), int((~np.isin(queries.pid, exclude_pids)).sum()) if exclude_pids is not None
-               else len(queries))] + list(sizes)
-    items = np.array([c for c, _ in counts])
-    members_per_shard = np.array([m for _, m in counts])
-    num_members = int(members_per_shard.sum())
-    if k1 >= num_members:
-        raise OptionError(f"k1 must be smaller than the {num_members} items of the re-ranking graph, got {k1}", "--k1")
-    member_offsets = [int(x) for x in np.concatenate([[0], np.cumsum(members_per_shard)[:-1]])]
-    knn = remote(knn_task)
-    lists = gather([knn.remote(shard, shards, member_offsets, k1 + 1) for shard in shards], progress,
-                   "re-ranking: neighbours, shards")
-    in_graph = _in_graph_mask(queries, view, exclude_pids, shards, items)
-    keys = np.concatenate([l[0] for l in lists])
-    neighbours = np.concatenate([l[1] for l in lists])
-    row_max = np.concatenate([l[2] for l in lists])
-    members = np.flatnonzero(in_graph)
-    n_items = int(items.sum())
-    pair_keys = _PairKeys(shards, member_offsets, progress)
+    found = neighbours_on_cluster(queries, view, k1 + 1, metric=metric, exclude_pids=exclude_pids, progress=progress)
+    members = np.flatnonzero(found.in_graph)
+    n_items = int(found.items_per_shard.sum())
     graph = graph_from_neighbours(
-        neighbours[members], keys[members], row_max[members], members, n_items, k1, k2, power=power,
-        pair_keys=pair_keys, row_max_left_out=np.maximum(row_max[~in_graph], 0.0), progress=progress,
+        found.items[members], found.keys[members], found.row_max[members], members, n_items, k1, k2, power=power,
+        pair_keys=found.pair_keys(progress), row_max_left_out=np.maximum(found.row_max[~found.in_graph], 0.0),
+        progress=progress,
     )
     num_queries = len(queries)
-    offsets = np.concatenate([[num_queries], num_queries + np.cumsum(items[1:])])
+    offsets = np.concatenate([[num_queries], num_queries + np.cumsum(found.items_per_shard[1:])])
     rows = [graph.v[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     return GraphOnCluster(SharedGraph(graph.v[:num_queries], graph.row_max[:num_queries]), rows)
 
 
-def _in_graph_mask(queries, view, exclude_pids, shards, items) -> np.ndarray:
+def _in_graph_mask(exclude_pids, shards, items) -> np.ndarray:
     """Which items are in the graph (all of them unless junk-pid items are left out)."""
     if exclude_pids is None:
         return np.ones(int(items.sum()), bool)

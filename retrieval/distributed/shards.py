@@ -10,6 +10,7 @@ order filtered by the split: the order a one-process run reads.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +49,28 @@ class GalleryView:
         return DataError(f"{self.source}: {what}")
 
 
-_cache: dict[tuple, LabelledVectors] = {}
+# A worker keeps the parts it read, most recent first, up to this many bytes of vectors, so that the
+# rounds of a job (and the jobs of a session) do not read a part again; 0 keeps only the current one.
+CACHE_ENV = "RETRIEVE_RAY_CACHE_BYTES"
+DEFAULT_CACHE_BYTES = 1 << 30
+
+_cache: "OrderedDict[tuple, LabelledVectors]" = OrderedDict()
 
 
 def load_part(part: DatasetPart, split: str | None) -> LabelledVectors:
-    """One part's gallery rows as labelled vectors (the last part read is kept for the next task)."""
+    """One part's gallery rows as labelled vectors, from this worker's cache when it read them already."""
     stat = os.stat(part.path)
     key = (str(part.path), part.start, part.stop, split, stat.st_mtime_ns, stat.st_size)
-    if key not in _cache:
-        _cache.clear()  # one part at a time: a worker never holds more than its current share
-        _cache[key] = labelled(read_part(part, split), name="gallery")
-    return _cache[key]
+    if key in _cache:
+        _cache.move_to_end(key, last=False)
+        return _cache[key]
+    budget = int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_BYTES))
+    rows = labelled(read_part(part, split), name="gallery")
+    _cache[key] = rows
+    _cache.move_to_end(key, last=False)
+    held = 0
+    for other in list(_cache):
+        held += _cache[other].vectors.nbytes
+        if other != key and held > budget:
+            del _cache[other]
+    return rows

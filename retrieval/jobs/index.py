@@ -112,6 +112,9 @@ def tune(index_dir: Path, queries: Path, *, split: str | None = None, target_rec
     if not 0 < target_recall <= 1:
         raise OptionError(f"must be in (0, 1], got {target_recall}", "--target-recall")
     handle = load_index(index_dir, device="cpu")
+    if handle.manifest.get("shards"):
+        raise OptionError("a sharded index is not tuned as a whole yet; pass --nprobe / --ef-search to search",
+                          "index_dir")
     query_emb, _ = read_split(queries, split, "query")
     gallery = _gallery_for_tuning(handle, embeddings)
     result = sweep(handle, query_emb.vectors, k=k, target_recall=target_recall, gallery=gallery, progress=progress)
