@@ -16,14 +16,15 @@ for the shard passed beside it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from retrieval.common.progress import ProgressCallback
 from retrieval.data.errors import DataError
-from retrieval.distributed.shards import GalleryView, load_part
+from retrieval.distributed.shards import GalleryView, part_state
 from retrieval.distributed.tasks import fault_point, gather, put, remote
 from retrieval.eval import shards as sharded
 from retrieval.labels import LabelledVectors, check_labels, labels_between
@@ -49,6 +50,7 @@ class RankSpec:
     device: str = "cpu"
     block_rows: int | None = None
     rerank: RerankShardSpec | None = None
+    token: str = ""  # one ranking (its rounds share each part's state on a worker)
 
     def source(self, queries: LabelledVectors, gallery: LabelledVectors, shared: Any, extra: Any):
         """The shard's distance source: queries × this shard's gallery."""
@@ -104,15 +106,19 @@ class ShardedRanks:
 
 
 def _shard(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra):
-    gallery = load_part(part, split)
-    if len(gallery) == 0:
-        return gallery, None, None
-    check_labels([("gallery", gallery)], spec.protocol)
-    if gallery.dim != queries.dim:
-        raise DataError(f"dimension mismatch: queries have {queries.dim} dimensions, gallery ({gallery.source}) "
-                        f"has {gallery.dim}")
-    labels = labels_between(queries, gallery, spec.protocol, spec.junk_pids)
-    return gallery, spec.source(queries, gallery, shared, extra), labels
+    """(gallery rows, distance source, labels) of one part, built once per worker for all rounds."""
+    def make(gallery: LabelledVectors):
+        if len(gallery) == 0:
+            return None, None
+        check_labels([("gallery", gallery)], spec.protocol)
+        if gallery.dim != queries.dim:
+            raise DataError(f"dimension mismatch: queries have {queries.dim} dimensions, gallery ({gallery.source}) "
+                            f"has {gallery.dim}")
+        return spec.source(queries, gallery, shared, extra), labels_between(queries, gallery, spec.protocol,
+                                                                            spec.junk_pids)
+
+    gallery, (source, labels) = part_state(part, split, spec.token, make)
+    return gallery, source, labels
 
 
 def first_pass_task(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra) -> ShardFirst:
@@ -146,6 +152,7 @@ def rank_shards(view: GalleryView, queries: LabelledVectors, spec: RankSpec, *, 
                 stage: str = "rank") -> ShardedRanks:
     """Both rounds over the parts of ``view``; ``extras[i]`` goes to part i's tasks (e.g. graph rows)."""
     extras = extras if extras is not None else [None] * len(view.parts)
+    spec = replace(spec, token=uuid.uuid4().hex)
     queries_ref, shared_ref = put(queries), put(shared)
     extra_refs = [put(extra) for extra in extras]
     rounds = 3 if spec.keep_top else 2

@@ -54,23 +54,43 @@ class GalleryView:
 CACHE_ENV = "RETRIEVE_RAY_CACHE_BYTES"
 DEFAULT_CACHE_BYTES = 1 << 30
 
-_cache: "OrderedDict[tuple, LabelledVectors]" = OrderedDict()
+@dataclass
+class _Entry:
+    rows: LabelledVectors
+    token: str | None = None  # the job whose state is kept beside the rows
+    state: object = None
 
 
-def load_part(part: DatasetPart, split: str | None) -> LabelledVectors:
-    """One part's gallery rows as labelled vectors, from this worker's cache when it read them already."""
+_cache: "OrderedDict[tuple, _Entry]" = OrderedDict()
+
+
+def _entry(part: DatasetPart, split: str | None) -> _Entry:
     stat = os.stat(part.path)
     key = (str(part.path), part.start, part.stop, split, stat.st_mtime_ns, stat.st_size)
     if key in _cache:
         _cache.move_to_end(key, last=False)
         return _cache[key]
     budget = int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_BYTES))
-    rows = labelled(read_part(part, split), name="gallery")
-    _cache[key] = rows
+    entry = _Entry(labelled(read_part(part, split), name="gallery"))
+    _cache[key] = entry
     _cache.move_to_end(key, last=False)
     held = 0
     for other in list(_cache):
-        held += _cache[other].vectors.nbytes
+        held += 2 * _cache[other].rows.vectors.nbytes  # the rows and about as much of derived state
         if other != key and held > budget:
             del _cache[other]
-    return rows
+    return entry
+
+
+def load_part(part: DatasetPart, split: str | None) -> LabelledVectors:
+    """One part's gallery rows as labelled vectors, from this worker's cache when it read them already."""
+    return _entry(part, split).rows
+
+
+def part_state(part: DatasetPart, split: str | None, token: str, make):
+    """(The part's rows, ``make(rows)``), the state kept beside the rows for the rounds of one job
+    (``token``): a distance source with its norms, the labels, ... built once per worker and part."""
+    entry = _entry(part, split)
+    if entry.token != token:
+        entry.token, entry.state = token, make(entry.rows)
+    return entry.rows, entry.state

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from retrieval.common.progress import ProgressCallback
-from retrieval.distributed.shards import GalleryView, load_part
+from retrieval.distributed.shards import GalleryView, part_state
 from retrieval.distributed.tasks import fault_point, gather, put, remote
 from retrieval.labels import LabelledVectors, check_labels, labels_between
 
@@ -37,14 +37,17 @@ _blocks: dict[tuple, list] = {}
 
 
 def _shard(part, split, queries: LabelledVectors, spec: TrialSpec):
+    """(distance source, labels) of one part, built once per worker for all passes."""
     from retrieval.eval.distances import EmbeddingDistances
 
-    gallery = load_part(part, split)
-    if len(gallery) == 0:
-        return None, None
-    check_labels([("gallery split", gallery)], spec.protocol)
-    labels = labels_between(queries, gallery, spec.protocol, spec.junk_pids)
-    return EmbeddingDistances(queries.vectors, gallery.vectors, metric=spec.distance, device=spec.device), labels
+    def make(gallery: LabelledVectors):
+        if len(gallery) == 0:
+            return None, None
+        check_labels([("gallery split", gallery)], spec.protocol)
+        labels = labels_between(queries, gallery, spec.protocol, spec.junk_pids)
+        return EmbeddingDistances(queries.vectors, gallery.vectors, metric=spec.distance, device=spec.device), labels
+
+    return part_state(part, split, spec.run, make)[1]
 
 
 def range_task(part, split, queries, spec: TrialSpec):
