@@ -295,25 +295,45 @@ def plan_parts(dataset: EmbeddingDataset, min_parts: int = 1, max_rows: int | No
     return parts
 
 
-def read_part(part: DatasetPart, splits: str | Sequence[str] | None = None, columns: Sequence[str] | None = None):
+def read_part(part: DatasetPart, splits: str | Sequence[str] | None = None, columns: Sequence[str] | None = None,
+              batch_rows: int = 16384):
     """The validated rows of one part (of some splits; possibly none), read without the rest of the file.
 
-    Only the row groups that overlap the part are read; errors name the file.
+    Only the row groups that overlap the part are read, in batches (a batch's copies are all that
+    is held beside the result); errors name the file.
     """
-    from retrieval.data.store import embeddings_from_table
+    from retrieval.data.store import concat_embeddings, embeddings_from_table
 
     parquet = pq.ParquetFile(part.path)
     names = parquet.schema_arrow.names
+    metadata = decode_metadata(parquet.schema_arrow.metadata)
     wanted = [c for c in names if c in schema.KNOWN_COLUMNS or columns is None or c in columns]
     bounds = np.concatenate([[0], np.cumsum(part.row_group_rows)]).astype(int)
-    first = int(np.searchsorted(bounds, part.start, side="right")) - 1
-    last = int(np.searchsorted(bounds, part.stop, side="left"))
-    groups = list(range(max(first, 0), max(last, first + 1)))
-    table = parquet.read_row_groups(groups, columns=wanted) if groups else parquet.schema_arrow.empty_table()
-    offset = int(bounds[groups[0]]) if groups else 0
-    table = table.slice(part.start - offset, part.rows)
-    emb = embeddings_from_table(table, part.path, decode_metadata(parquet.schema_arrow.metadata))
-    return select_splits(emb, splits, allow_empty=True)
+    first = max(int(np.searchsorted(bounds, part.start, side="right")) - 1, 0)
+    last = max(int(np.searchsorted(bounds, part.stop, side="left")), first + 1)
+    row = int(bounds[first]) if len(bounds) > 1 else 0
+    pieces = []
+    batches = parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(first, min(last, len(bounds) - 1))),
+                                   columns=wanted) if len(bounds) > 1 else iter(())
+    for batch in batches:
+        lo, hi = max(part.start - row, 0), min(part.stop - row, batch.num_rows)
+        row += batch.num_rows
+        if hi > lo:
+            emb = embeddings_from_table(pa.Table.from_batches([batch]).slice(lo, hi - lo), part.path, metadata)
+            pieces.append(select_splits(emb, splits, allow_empty=True))
+        if row >= part.stop:
+            break
+    if not pieces:
+        empty = parquet.schema_arrow.empty_table().select(wanted)
+        return select_splits(embeddings_from_table(empty, part.path, metadata, check_unique=False), splits,
+                             allow_empty=True)
+    rows = concat_embeddings(pieces, source=str(part.path), metadata=metadata) if len(pieces) > 1 else pieces[0]
+    if len(pieces) > 1:
+        uniq, counts = np.unique(rows.ids.astype(str), return_counts=True)
+        if len(uniq) != len(rows):
+            raise DataError(f"{part.path}: column 'id' has {int((counts > 1).sum())} duplicated value(s) "
+                            f"(first: {', '.join(uniq[counts > 1][:5])})")
+    return rows
 
 
 def iter_part_batches(parts: Sequence[DatasetPart], splits=None) -> Iterator:

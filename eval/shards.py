@@ -126,6 +126,16 @@ def top_survivors(parts: list[TopCandidates], num_queries: int, k: int) -> list[
     return [keep[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
 
 
+def reduce_candidates(kept: TopCandidates | None, new: TopCandidates, num_queries: int, k: int) -> TopCandidates:
+    """The candidates of ``kept`` and ``new`` that can still be among their query's first ``k``:
+    applied as the parts' candidates arrive, it keeps about k per query (any T over a subset of
+    the candidates is at least the T over all of them, so nothing of the final top k is lost)."""
+    both = new if kept is None else TopCandidates(*(np.concatenate([getattr(kept, f), getattr(new, f)])
+                                                    for f in ("query", "col", "value", "bound")))
+    keep = top_survivors([both], num_queries, k)[0]
+    return TopCandidates(both.query[keep], both.col[keep], both.value[keep], both.bound[keep])
+
+
 def top_from_exact(query: np.ndarray, col: np.ndarray, value: np.ndarray, num_queries: int, k: int) -> np.ndarray:
     """(num_queries, k) positions into the survivors of each query's first ``k`` by (exact value,
     global column): take the columns, values and anything carried beside them with it."""

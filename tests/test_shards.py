@@ -47,11 +47,15 @@ def sharded_result(data, cuts, source_for, protocol="market", keep_top=7, block_
     query, rank = S.match_ranks_from_counts(matches, [s.before for s in seconds])
     qp, gp, qc, gc, qi, gi = data["labels"]
     k = min(keep_top, len(gp))
-    survive = S.top_survivors([s.top for s in seconds], len(qp), k)
-    top_q = np.concatenate([s.top.query[keep] for s, keep in zip(seconds, survive)])
-    top_c = np.concatenate([s.top.col[keep] for s, keep in zip(seconds, survive)])
-    top_v = np.concatenate([source_for(a, b).exact(s.top.query[keep], s.top.col[keep] - a)
-                            for (a, b), s, keep in zip(shards, seconds, survive)])
+    kept = None
+    for i in np.random.default_rng(len(shards)).permutation(len(seconds)):  # as results arrive, in any order
+        kept = S.reduce_candidates(kept, seconds[i].top, len(qp), k)
+    part_of = np.searchsorted([a for a, _ in shards], kept.col, side="right") - 1
+    top_q, top_c = kept.query, kept.col
+    top_v = np.empty(len(top_q), np.float64)
+    for i, (a, b) in enumerate(shards):
+        which = part_of == i
+        top_v[which] = source_for(a, b).exact(top_q[which], top_c[which] - a)
     order = S.top_from_exact(top_q, top_c, top_v, len(qp), k)
     whole = _labels(data, protocol=protocol)
     rows = np.repeat(np.arange(len(qp)), k)

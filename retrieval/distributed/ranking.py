@@ -27,7 +27,13 @@ from retrieval.data.errors import DataError
 from retrieval.distributed.shards import GalleryView, part_state
 from retrieval.distributed.tasks import fault_point, gather, put, remote
 from retrieval.eval import shards as sharded
+from retrieval.eval.distances import block_rows_for
 from retrieval.labels import LabelledVectors, check_labels, labels_between
+
+
+# A worker's distance block stays about this size (the candidate arrays built from it up to ~10 times): a
+# worker's memory is one part plus one block, whatever the gallery (results do not depend on it).
+SHARD_BLOCK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,8 @@ def second_pass_task(part, split, queries: LabelledVectors, spec: RankSpec, shar
     and the candidates for each query's first items."""
     fault_point("count")
     _, source, labels = _shard(part, split, queries, spec, shared, extra)
-    return sharded.second_pass(source, labels, matches, offset, spec.keep_top, spec.block_rows)
+    block_rows = spec.block_rows or block_rows_for(source.num_gallery, SHARD_BLOCK_BYTES)
+    return sharded.second_pass(source, labels, matches, offset, spec.keep_top, block_rows)
 
 
 def top_task(part, split, queries: LabelledVectors, spec: RankSpec, shared, extra, rows: np.ndarray,
@@ -167,31 +174,51 @@ def rank_shards(view: GalleryView, queries: LabelledVectors, spec: RankSpec, *, 
     matches = sharded.gather_matches([_shifted(f.matches, o) for f, o in zip(firsts, offsets)])
     matches_ref = put(matches)
     used = [(part, extra, offset) for part, extra, offset, size in zip(view.parts, extra_refs, offsets, sizes) if size]
+    k = min(spec.keep_top, sum(sizes))
+    reduced = _SecondRound(len(matches), len(queries), k)
     second = remote(second_pass_task)
-    seconds: list[sharded.SecondPass] = gather(
-        [second.remote(part, view.split, queries_ref, spec, shared_ref, extra, matches_ref, offset)
-         for part, extra, offset in used], progress, f"{stage}: shards, round 2 of {rounds}")
-    query, rank = sharded.match_ranks_from_counts(matches, [s.before for s in seconds])
+    gather([second.remote(part, view.split, queries_ref, spec, shared_ref, extra, matches_ref, offset)
+            for part, extra, offset in used], progress, f"{stage}: shards, round 2 of {rounds}", on_result=reduced.take)
+    query, rank = sharded.match_ranks_from_counts(matches, [reduced.before])
     top = (None,) * 5
     if spec.keep_top > 0:
-        top = _top_items(used, seconds, view.split, queries_ref, spec, shared_ref, len(queries),
-                         min(spec.keep_top, sum(sizes)), progress, stage)
+        top = _top_items(used, reduced.top, view.split, queries_ref, spec, shared_ref, len(queries), k, progress,
+                         stage)
     return ShardedRanks(query, rank, sum(sizes), *top, shards=len(view.parts))
+
+
+class _SecondRound:
+    """Round 2's results reduced as they arrive: the counts summed, the top candidates filtered
+    (``eval.shards.reduce_candidates``), so the driver holds O(M + Q·k), however many parts."""
+
+    def __init__(self, num_matches: int, num_queries: int, k: int):
+        self.before = np.zeros(num_matches, np.int64)
+        self.top: sharded.TopCandidates | None = None
+        self.num_queries, self.k = num_queries, k
+
+    def take(self, index: int, done: sharded.SecondPass) -> None:
+        self.before += done.before
+        if done.top is not None:
+            self.top = sharded.reduce_candidates(self.top, done.top, self.num_queries, self.k)
 
 
 def _shifted(matches: sharded.MatchList, offset: int) -> sharded.MatchList:
     return sharded.MatchList(matches.query, matches.value, matches.col + offset)
 
 
-def _top_items(used, seconds, split, queries_ref, spec: RankSpec, shared_ref, num_queries: int, k: int, progress,
-               stage: str):
-    """Round 3: the surviving candidates' exact values and labels, then each query's first k."""
-    survive = sharded.top_survivors([s.top for s in seconds], num_queries, k)
+def _top_items(used, top: sharded.TopCandidates, split, queries_ref, spec: RankSpec, shared_ref, num_queries: int,
+               k: int, progress, stage: str):
+    """Round 3: the surviving candidates' exact values and labels (asked of the parts that hold
+    them), then each query's first k."""
+    starts = np.array([offset for _, _, offset in used])
+    part_of = np.searchsorted(starts, top.col, side="right") - 1
+    picked = [(top.query[part_of == i], top.col[part_of == i], offset) for i, (_, _, offset) in enumerate(used)]
+    asked = [(u, p) for u, p in zip(used, picked) if len(p[0])]
     task = remote(top_task)
-    picked = [(s.top.query[keep], s.top.col[keep], offset) for s, keep, (_, _, offset) in zip(seconds, survive, used)]
     values: list[ShardTopValues] = gather(
         [task.remote(part, split, queries_ref, spec, shared_ref, extra, rows, cols - offset)
-         for (part, extra, _), (rows, cols, offset) in zip(used, picked)], progress, f"{stage}: shards, round 3 of 3")
+         for (part, extra, _), (rows, cols, offset) in asked], progress, f"{stage}: shards, round 3 of 3")
+    picked = [p for _, p in asked]
     query = np.concatenate([rows for rows, _, _ in picked])
     col = np.concatenate([cols for _, cols, _ in picked])
     value = np.concatenate([v.values for v in values])

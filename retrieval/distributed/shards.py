@@ -18,8 +18,8 @@ from retrieval.data.dataset import DatasetPart, open_dataset, plan_parts, read_p
 from retrieval.data.errors import DataError
 from retrieval.labels import LabelledVectors, labelled
 
-# Parts are cut so that none holds more than this many rows (a worker's share of the vectors).
-MAX_PART_ROWS = 1 << 20
+# Parts are cut so that none holds more than this many bytes of vectors (a worker's share at a time).
+MAX_PART_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,14 @@ class GalleryView:
 
     @classmethod
     def of(cls, path: Path | str, split: str | None, min_parts: int = 1,
-           max_part_rows: int = MAX_PART_ROWS) -> "GalleryView":
+           max_part_bytes: int = MAX_PART_BYTES) -> "GalleryView":
         dataset = open_dataset(path)
         if split is not None and not dataset.has_column("split"):
             raise DataError(f"{path}: no 'split' column, cannot select split '{split}'")
-        parts = plan_parts(dataset, min_parts=min_parts, max_rows=max_part_rows)
+        embedding = dataset.arrow_schema.field("embedding").type
+        dim = getattr(embedding, "list_size", 0) or 0  # variable-length lists: cut by files only
+        max_rows = max(1, max_part_bytes // (4 * dim)) if dim > 0 else None
+        parts = plan_parts(dataset, min_parts=min_parts, max_rows=max_rows)
         if not parts:
             raise DataError(f"{path}: the data set has no rows")
         return cls(str(path), split, tuple(parts))

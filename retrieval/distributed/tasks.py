@@ -40,18 +40,26 @@ def put(value: Any):
     return import_ray().put(value)
 
 
-def gather(refs: Sequence[Any], progress: ProgressCallback | None = None, stage: str = "shards") -> list[Any]:
-    """The tasks' results in the order of ``refs``; ``progress(stage, done, total)`` as they finish."""
+def gather(refs: Sequence[Any], progress: ProgressCallback | None = None, stage: str = "shards",
+           on_result: Callable[[int, Any], None] | None = None) -> list[Any] | None:
+    """The tasks' results in the order of ``refs``; ``progress(stage, done, total)`` as they finish.
+
+    ``on_result(index, result)``: each result handed over as it arrives (in any order) and not
+    kept (a streaming reduction on the driver); then nothing is returned.
+    """
     ray = import_ray()
     progress = progress or no_progress
+    index = {ref: i for i, ref in enumerate(refs)}
     pending = list(refs)
     total = len(pending)
     progress(stage, 0, total)
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
+            if on_result is not None:
+                on_result(index[ready[0]], ray.get(ready[0]))
             progress(stage, total - len(pending), total)
-        return ray.get(list(refs))
+        return None if on_result is not None else ray.get(list(refs))
     except ray.exceptions.RayTaskError as error:
         cause = getattr(error, "cause", None)
         if isinstance(cause, USER_ERRORS):
