@@ -93,7 +93,7 @@ class EmbeddingDataset:
 
     def read(self, splits: str | Sequence[str] | None = None, columns: Sequence[str] | None = None):
         """Every row (or the rows of some splits) as one validated ``Embeddings``."""
-        from retrieval.data.store import SHOW_FIRST, concat_embeddings, read_embeddings
+        from retrieval.data.store import check_unique_ids, concat_embeddings, read_embeddings
 
         if not self.is_folder:
             return read_embeddings(self.files[0].path, splits=splits, columns=columns)
@@ -103,11 +103,7 @@ class EmbeddingDataset:
         parts = [read_embeddings(f.path, columns=columns) for f in files]
         check_same_dimension(self, [(f.path, p.dim) for f, p in zip(files, parts)])
         whole = concat_embeddings(parts, source=str(self.source), metadata=self.metadata)
-        uniq, counts = np.unique(whole.ids.astype(str), return_counts=True)
-        if len(uniq) != len(whole):
-            dup = uniq[counts > 1]
-            raise DataError(f"{self.source}: column 'id' has {len(dup)} duplicated value(s) across its files "
-                            f"(first: {', '.join(dup[:SHOW_FIRST])})")
+        check_unique_ids(self.source, whole.ids, " across its files")
         return select_splits(whole, splits)
 
     def iter_batches(self, batch_rows: int = 65536, splits: str | Sequence[str] | None = None,
@@ -133,8 +129,7 @@ class EmbeddingDataset:
                 if len(batch):
                     yield batch
         if rows == 0:
-            what = f"split(s) {', '.join(_split_list(splits))} are empty" if splits else "the data set has no rows"
-            raise DataError(f"{self.source}: {what}")
+            raise nothing_selected(self.source, splits, "the data set has no rows")
 
     def content_hash(self, batch_rows: int = 65536) -> str:
         """The content hash of every row in order (one streaming pass; nothing held but a batch)."""
@@ -260,6 +255,13 @@ def _split_list(splits: str | Sequence[str] | None) -> list[str] | None:
     return [splits] if isinstance(splits, str) else list(splits)
 
 
+def nothing_selected(source, splits, otherwise: str) -> DataError:
+    """The error for a stream that yielded no row: the splits asked were empty, or there were no rows."""
+    wanted = _split_list(splits)
+    what = f"split(s) {', '.join(wanted)} are empty" if wanted else otherwise
+    return DataError(f"{source}: {what}")
+
+
 def select_splits(emb, splits: str | Sequence[str] | None, allow_empty: bool = False):
     """The rows of some splits; a split with no row is an error (unless ``allow_empty``)."""
     wanted = _split_list(splits)
@@ -302,7 +304,7 @@ def read_part(part: DatasetPart, splits: str | Sequence[str] | None = None, colu
     Only the row groups that overlap the part are read, in batches (a batch's copies are all that
     is held beside the result); errors name the file.
     """
-    from retrieval.data.store import concat_embeddings, embeddings_from_table
+    from retrieval.data.store import check_unique_ids, concat_embeddings, embeddings_from_table
 
     parquet = pq.ParquetFile(part.path)
     names = parquet.schema_arrow.names
@@ -327,12 +329,10 @@ def read_part(part: DatasetPart, splits: str | Sequence[str] | None = None, colu
         empty = parquet.schema_arrow.empty_table().select(wanted)
         return select_splits(embeddings_from_table(empty, part.path, metadata, check_unique=False), splits,
                              allow_empty=True)
-    rows = concat_embeddings(pieces, source=str(part.path), metadata=metadata) if len(pieces) > 1 else pieces[0]
-    if len(pieces) > 1:
-        uniq, counts = np.unique(rows.ids.astype(str), return_counts=True)
-        if len(uniq) != len(rows):
-            raise DataError(f"{part.path}: column 'id' has {int((counts > 1).sum())} duplicated value(s) "
-                            f"(first: {', '.join(uniq[counts > 1][:5])})")
+    if len(pieces) == 1:
+        return pieces[0]
+    rows = concat_embeddings(pieces, source=str(part.path), metadata=metadata)
+    check_unique_ids(part.path, rows.ids)
     return rows
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.data import schema
+from retrieval.data.dataset import decode_metadata, nothing_selected, select_splits
 from retrieval.data.errors import DataError
 from retrieval.data.hashing import ContentHasher, content_hash  # noqa: F401  (public here too)
 
@@ -113,8 +114,6 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
 
 
 def _decode_metadata(raw: dict[bytes, bytes] | None) -> dict[str, str]:
-    from retrieval.data.dataset import decode_metadata
-
     return decode_metadata(raw)
 
 
@@ -183,13 +182,17 @@ def _vectors_array(path: Path, column: pa.ChunkedArray, ids: np.ndarray, notes: 
     return vectors
 
 
-def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
+def check_unique_ids(path: Path | str, ids: np.ndarray, where: str = "") -> None:
+    """Every id once; else one line naming the file (``where``: e.g. " across its files")."""
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     if len(uniq) != len(ids):
         dup = uniq[counts > 1]
         raise DataError(
-            f"{path}: column 'id' has {len(dup)} duplicated value(s) (first: {', '.join(dup[:SHOW_FIRST])})"
+            f"{path}: column 'id' has {len(dup)} duplicated value(s){where} (first: {', '.join(dup[:SHOW_FIRST])})"
         )
+
+
+_check_unique_ids = check_unique_ids
 
 
 def _int_column(path: Path, table: pa.Table, name: str, ids: np.ndarray, nullable: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -282,8 +285,6 @@ def read_embeddings(path: Path | str, splits: str | Sequence[str] | None = None,
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no rows")
     emb = embeddings_from_table(table, path, _decode_metadata(parquet.schema_arrow.metadata))
-    from retrieval.data.dataset import select_splits
-
     return select_splits(emb, splits)
 
 
@@ -347,16 +348,12 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
                     f"{path}: column 'id' has duplicated value(s) (first: {', '.join(repeated[:SHOW_FIRST])})"
                 )
             seen.update(emb.ids.tolist())
-        if wanted_splits is not None:
-            if emb.split is None:
-                raise DataError(f"{path}: no 'split' column, cannot select split(s) {', '.join(wanted_splits)}")
-            emb = emb.select(np.isin(emb.split, wanted_splits))
+        emb = select_splits(emb, wanted_splits, allow_empty=True)
         rows += len(emb)
         if len(emb):
             yield emb
     if rows == 0:
-        what = f"split(s) {', '.join(wanted_splits)} are empty" if wanted_splits else "the file has no rows"
-        raise DataError(f"{path}: {what}")
+        raise nothing_selected(path, wanted_splits, "the file has no rows")
 
 
 # Writing lives in data.writer; these names are looked up there on first use (no import cycle).

@@ -60,11 +60,14 @@ def test_files_are_taken_in_name_order_and_hidden_files_skipped(tmp_path: Path) 
     assert [f.first_row for f in dataset.files] == [0, 4] and dataset.num_rows == 10
 
 
+def _one_row_file(path: Path, row_id: str, dim: int) -> None:
+    write_embeddings(path, [row_id], np.ones((1, dim), np.float32), pid=[1], camid=[1], split=["gallery"])
+
+
 def test_a_file_with_another_dimension_is_named(tmp_path: Path) -> None:
     rows = _rows(10)
     folder = _split_into_files(tmp_path / "set", rows, [5])
-    write_embeddings(folder / "part-00002.parquet", ["x"], np.ones((1, 4), np.float32), pid=[1], camid=[1],
-                     split=["gallery"])
+    _one_row_file(folder / "part-00002.parquet", "x", 4)
     with pytest.raises(DataError, match=r"part-00002.parquet: embedding dimension 4, but part-00000.parquet .* has 8"):
         open_dataset(folder)
 
@@ -84,8 +87,7 @@ def test_a_file_with_other_columns_or_types_is_named(tmp_path: Path) -> None:
 def test_duplicate_ids_across_files_and_empty_folders_are_errors(tmp_path: Path) -> None:
     rows = _rows(6)
     folder = _split_into_files(tmp_path / "set", rows, [3])
-    write_embeddings(folder / "part-00009.parquet", ["r1"], np.ones((1, 8), np.float32), pid=[1], camid=[1],
-                     split=["gallery"])
+    _one_row_file(folder / "part-00009.parquet", "r1", 8)
     with pytest.raises(DataError, match=r"duplicated value\(s\) across its files \(first: r1\)"):
         read_embeddings(folder)
     with pytest.raises(DataError, match="already seen in an earlier file"):

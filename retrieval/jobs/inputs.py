@@ -168,7 +168,6 @@ def streamed(path: Path, keep: str | None, hashed: tuple[str, ...] | None = None
 
 
 def _check_unique(source: Path, ids: np.ndarray) -> None:
-    uniq, counts = np.unique(ids.astype(str), return_counts=True)
-    if len(uniq) != len(ids):
-        raise DataError(f"{source}: column 'id' has {int((counts > 1).sum())} duplicated value(s) "
-                        f"(first: {', '.join(uniq[counts > 1][:5])})")
+    from retrieval.data.store import check_unique_ids
+
+    check_unique_ids(source, ids)
