@@ -167,6 +167,9 @@ def index_info_command(
         ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
         ("size", f"{sum(sizes.values()) / 1e6:.1f} MB"),
     ]
+    if manifest.get("shards"):
+        counts = [str(r["count"]) for r in manifest["shards"]]
+        lines.append(("shards", f"{len(counts)} (rows {', '.join(counts[:8])}{' …' if len(counts) > 8 else ''})"))
     if manifest.get("tuned"):
         t = manifest["tuned"]
         lines.append(("tuned", f"{t.get('parameter')} {t.get('value')} for recall@{t.get('k')} {t.get('recall'):.4f}"))

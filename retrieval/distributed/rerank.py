@@ -63,8 +63,8 @@ def load_items_task(part, split, metric: str, exclude_pids):
     return (len(shard.vectors), int(shard.in_graph.sum())), shard
 
 
-def knn_task(rows: ItemShard, bases: list, member_offsets: list[int], k: int):
-    """Exact k nearest graph items and exact row maximum of every row of one item shard.
+def knn_task(rows: ItemShard, start: int, stop: int, bases: list, member_offsets: list[int], k: int):
+    """Exact k nearest graph items and exact row maximum of rows ``start .. stop`` of one item shard.
 
     ``bases``: every item shard's object reference (a list, so Ray passes them unresolved and the
     task holds one shard at a time); ``member_offsets``: each shard's first graph item."""
@@ -72,7 +72,8 @@ def knn_task(rows: ItemShard, bases: list, member_offsets: list[int], k: int):
 
     fault_point("neighbours")
     ray = __import__("ray")
-    n = len(rows.vectors)
+    block = rows.vectors[start:stop]
+    n = len(block)
     best_keys = np.full((n, 0), np.inf, np.float32)
     best_items = np.zeros((n, 0), np.int64)
     row_max = np.full(n, -np.inf)
@@ -80,7 +81,7 @@ def knn_task(rows: ItemShard, bases: list, member_offsets: list[int], k: int):
         base = ray.get(base_ref).members
         if len(base) == 0 or n == 0:
             continue
-        keys, items, maxima = exact_knn_between(rows.vectors, base, min(k, len(base)), metric="sqeuclidean",
+        keys, items, maxima = exact_knn_between(block, base, min(k, len(base)), metric="sqeuclidean",
                                                 with_row_max=True)
         best_keys, best_items = _first_k(np.hstack([best_keys, keys]), np.hstack([best_items, items + offset]), k)
         np.maximum(row_max, maxima, out=row_max)
@@ -151,11 +152,26 @@ def neighbours_on_cluster(queries: LabelledVectors | None, view: GalleryView, k:
                           f"got {k - 1}", "--k1")
     member_offsets = [int(x) for x in np.concatenate([[0], np.cumsum(members)[:-1]])]
     knn = remote(knn_task)
-    lists = gather([knn.remote(shard, shards, member_offsets, k) for shard in shards], progress,
-                   "neighbours: shards")
+    lists = gather([knn.remote(shards[s], a, b, shards, member_offsets, k) for s, a, b in row_blocks(items)],
+                   progress, "neighbours: row blocks")
     in_graph = _in_graph_mask(exclude_pids, shards, items)
     return ItemNeighbours(np.concatenate([l[0] for l in lists]), np.concatenate([l[1] for l in lists]),
                           np.concatenate([l[2] for l in lists]), in_graph, items, shards, member_offsets)
+
+
+def row_blocks(items_per_shard: np.ndarray, per_cpu: int = 2) -> list[tuple[int, int, int]]:
+    """(shard, start, stop) row blocks of about equal size in item order: ``per_cpu`` per CPU of the
+    cluster at least, so that no task waits for one large shard."""
+    from retrieval.distributed.cluster import import_ray
+
+    cpus = max(1, int(import_ray().cluster_resources().get("CPU", 1)))
+    target = max(1, -(-int(items_per_shard.sum()) // (per_cpu * cpus)))
+    blocks = []
+    for shard, count in enumerate(items_per_shard.tolist()):
+        pieces = max(1, -(-count // target))
+        edges = np.linspace(0, count, pieces + 1).round().astype(int)
+        blocks += [(shard, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return blocks
 
 
 @dataclass

@@ -147,5 +147,7 @@ def describe(index_dir: Path) -> dict[str, Any]:
     from retrieval.indexes.store import load_index
 
     handle = load_index(index_dir, device="cpu")
-    sizes = {p.name: p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file() and not p.name.startswith(".")}
+    folder = Path(index_dir)
+    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
     return {"path": str(index_dir), **dict(handle.manifest), "file_bytes": sizes}
