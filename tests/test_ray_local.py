@@ -14,12 +14,12 @@ import pytest
 
 from retrieval.cli import run
 from retrieval.distributed.cluster import connect
-from retrieval.jobs.evaluate import EvaluateOptions, RerankOptions, evaluate_files
+from retrieval.jobs.evaluate import EvaluateOptions, IndexOptions, RerankOptions, evaluate_files
 from retrieval.jobs.index import BuildOptions, build
 from retrieval.jobs.search import SearchOptions, search
 from retrieval.jobs.verify import VerifyOptions, verify
-from tests._ray_cases import assert_same_evaluation, assert_same_run_folders, init_ray, same_search, sample_folder, \
-    split_files
+from _ray_cases import (assert_same_evaluation, assert_same_run_folders, init_ray, same_search, sample_folder,
+                        split_files)
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -81,10 +81,8 @@ def test_sharded_index_built_and_searched_on_the_cluster(cluster, data, tmp_path
         b = search(tmp_path / "three", data, SearchOptions(k=k, device="cpu"), cluster=cluster)
         assert same_search(a.found, b.found) and a.rankings.equals(b.rankings)
     assert one.manifest["content_hash"] == json.loads((tmp_path / "three" / "manifest.json").read_text())["content_hash"]
-    topk = EvaluateOptions(index=__import__("retrieval.jobs.evaluate", fromlist=["IndexOptions"]).IndexOptions(
-        tmp_path / "three", k=30))
-    flat = EvaluateOptions(index=__import__("retrieval.jobs.evaluate", fromlist=["IndexOptions"]).IndexOptions(
-        tmp_path / "one", k=30))
+    topk = EvaluateOptions(index=IndexOptions(tmp_path / "three", k=30))
+    flat = EvaluateOptions(index=IndexOptions(tmp_path / "one", k=30))
     a, b = evaluate_files(data, None, None, None, flat), evaluate_files(data, None, None, None, topk, cluster=cluster)
     assert a.final.to_dict() == b.final.to_dict() and a.final.per_query.equals(b.final.per_query)
 

@@ -12,7 +12,7 @@ from retrieval.jobs.evaluate import EvaluateOptions, RerankOptions, evaluate_fil
 from retrieval.jobs.index import BuildOptions, build
 from retrieval.jobs.search import SearchOptions, search
 from retrieval.jobs.verify import VerifyOptions, verify
-from tests._ray_cases import assert_same_evaluation, same_search, sample_folder
+from _ray_cases import assert_same_evaluation, same_search, sample_folder
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

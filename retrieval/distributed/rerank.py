@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from retrieval.common.progress import ProgressCallback
+from retrieval.distributed.cluster import import_ray
 from retrieval.distributed.shards import GalleryView, load_part
 from retrieval.distributed.tasks import fault_point, gather, put, remote
 from retrieval.errors import OptionError
@@ -57,10 +58,11 @@ def item_shard(labelled: LabelledVectors, metric: str, exclude_pids: tuple[int, 
 
 
 def load_items_task(part, split, metric: str, exclude_pids):
-    """A gallery part as an item shard (a Ray task with two results: its size, then the shard)."""
+    """A gallery part as an item shard (a Ray task with two results: which of its items are in the
+    graph, small, for the driver; then the shard, left in the object store)."""
     fault_point("load")
     shard = item_shard(load_part(part, split), metric, exclude_pids)
-    return (len(shard.vectors), int(shard.in_graph.sum())), shard
+    return shard.in_graph, shard
 
 
 def knn_task(rows: ItemShard, start: int, stop: int, bases: list, member_offsets: list[int], k: int):
@@ -71,7 +73,7 @@ def knn_task(rows: ItemShard, start: int, stop: int, bases: list, member_offsets
     from retrieval.indexes.knn import exact_knn_between
 
     fault_point("neighbours")
-    ray = __import__("ray")
+    ray = import_ray()
     block = rows.vectors[start:stop]
     n = len(block)
     best_keys = np.full((n, 0), np.inf, np.float32)
@@ -100,7 +102,7 @@ def pair_keys_task(rows: ItemShard, bases: list, member_offsets: list[int], loca
     from retrieval.indexes.distance import Metric, exact_pair_keys
 
     fault_point("pairs")
-    ray = __import__("ray")
+    ray = import_ray()
     mine = rows.members
     out = np.empty(len(cols), np.float64)
     shard_of = np.searchsorted(member_offsets, cols, side="right") - 1
@@ -139,14 +141,14 @@ def neighbours_on_cluster(queries: LabelledVectors | None, view: GalleryView, k:
     """
     load = remote(load_items_task, num_returns=2)
     loaded = [load.remote(part, view.split, metric, exclude_pids) for part in view.parts]
-    sizes = gather([size for size, _ in loaded], progress, "neighbours: reading shards")
+    masks = gather([mask for mask, _ in loaded], progress, "neighbours: reading shards")
     shards = [shard for _, shard in loaded]
     if queries is not None:
         own = item_shard(queries, metric, exclude_pids)
         shards = [put(own)] + shards
-        sizes = [(len(own.vectors), int(own.in_graph.sum()))] + list(sizes)
-    items = np.array([c for c, _ in sizes])
-    members = np.array([m for _, m in sizes])
+        masks = [own.in_graph] + list(masks)
+    items = np.array([len(m) for m in masks])
+    members = np.array([int(m.sum()) for m in masks])
     if k > int(members.sum()):
         raise OptionError(f"k1 must be smaller than the {int(members.sum())} items of the re-ranking graph, "
                           f"got {k - 1}", "--k1")
@@ -154,7 +156,7 @@ def neighbours_on_cluster(queries: LabelledVectors | None, view: GalleryView, k:
     knn = remote(knn_task)
     lists = gather([knn.remote(shards[s], a, b, shards, member_offsets, k) for s, a, b in row_blocks(items)],
                    progress, "neighbours: row blocks")
-    in_graph = _in_graph_mask(exclude_pids, shards, items)
+    in_graph = np.concatenate(masks) if masks else np.zeros(0, bool)
     return ItemNeighbours(np.concatenate([l[0] for l in lists]), np.concatenate([l[1] for l in lists]),
                           np.concatenate([l[2] for l in lists]), in_graph, items, shards, member_offsets)
 
@@ -162,8 +164,6 @@ def neighbours_on_cluster(queries: LabelledVectors | None, view: GalleryView, k:
 def row_blocks(items_per_shard: np.ndarray, per_cpu: int = 2) -> list[tuple[int, int, int]]:
     """(shard, start, stop) row blocks of about equal size in item order: ``per_cpu`` per CPU of the
     cluster at least, so that no task waits for one large shard."""
-    from retrieval.distributed.cluster import import_ray
-
     cpus = max(1, int(import_ray().cluster_resources().get("CPU", 1)))
     target = max(1, -(-int(items_per_shard.sum()) // (per_cpu * cpus)))
     blocks = []
@@ -199,14 +199,6 @@ def build_graph(queries: LabelledVectors, view: GalleryView, *, k1: int, k2: int
     offsets = np.concatenate([[num_queries], num_queries + np.cumsum(found.items_per_shard[1:])])
     rows = [graph.v[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     return GraphOnCluster(SharedGraph(graph.v[:num_queries], graph.row_max[:num_queries]), rows)
-
-
-def _in_graph_mask(exclude_pids, shards, items) -> np.ndarray:
-    """Which items are in the graph (all of them unless junk-pid items are left out)."""
-    if exclude_pids is None:
-        return np.ones(int(items.sum()), bool)
-    ray = __import__("ray")
-    return np.concatenate([ray.get(ref).in_graph for ref in shards])
 
 
 class _PairKeys:
