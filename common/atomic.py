@@ -136,8 +136,17 @@ def check_output(target: Path | str, *, overwrite: bool, folder: bool = False,
 
     ``folder``: the output is a folder (else a file). ``replaceable(target)`` returns why an
     existing output must not be replaced even with ``overwrite`` (e.g. "is not a run folder").
+    A folder is checked under its lock: another writer replacing it moves the old one aside and
+    renames the new one in, and a check between those two renames must not see a half state.
     """
-    target = Path(target)
+    if folder:
+        with output_lock(target):
+            return _check_output(Path(target), overwrite=overwrite, folder=True, replaceable=replaceable)
+    return _check_output(Path(target), overwrite=overwrite, folder=False, replaceable=replaceable)
+
+
+def _check_output(target: Path, *, overwrite: bool, folder: bool,
+                  replaceable: Callable[[Path], str | None] | None) -> Path:
     if not (target.exists() or target.is_symlink()):
         return target
     if folder and not target.is_dir():
@@ -343,7 +352,7 @@ def publish_folder(staging: Path, target: Path, *, overwrite: bool,
     """
     with output_lock(target):
         sweep_stale(target)
-        check_output(target, overwrite=overwrite, folder=True, replaceable=replaceable)
+        _check_output(target, overwrite=overwrite, folder=True, replaceable=replaceable)
         if is_empty_folder(target):
             os.rmdir(target)
         if target.exists():

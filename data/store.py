@@ -11,7 +11,6 @@ stay importable from here (``write_embeddings``, ``EmbeddingsWriter``, ...) for 
 
 from __future__ import annotations
 
-import difflib
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.data import schema
+from retrieval.data.dataset import decode_metadata, empty_split_error, nothing_selected, select_splits  # noqa: F401
 from retrieval.data.errors import DataError
 from retrieval.data.hashing import ContentHasher, content_hash  # noqa: F401  (public here too)
 
@@ -130,13 +130,7 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
 
 
 def _decode_metadata(raw: dict[bytes, bytes] | None) -> dict[str, str]:
-    if not raw:
-        return {}
-    return {
-        k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-        for k, v in raw.items()
-        if k.startswith(schema.META_PREFIX.encode())
-    }
+    return decode_metadata(raw)
 
 
 def _first_ids(ids: np.ndarray, mask: np.ndarray) -> str:
@@ -248,13 +242,17 @@ class _VectorReader:
         return self.vectors
 
 
-def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
+def check_unique_ids(path: Path | str, ids: np.ndarray, where: str = "") -> None:
+    """Every id once; else one line naming the file (``where``: e.g. " across its files")."""
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     if len(uniq) != len(ids):
         dup = uniq[counts > 1]
         raise DataError(
-            f"{path}: column 'id' has {len(dup)} duplicated value(s) (first: {', '.join(dup[:SHOW_FIRST])})"
+            f"{path}: column 'id' has {len(dup)} duplicated value(s){where} (first: {', '.join(dup[:SHOW_FIRST])})"
         )
+
+
+_check_unique_ids = check_unique_ids
 
 
 def _int_column(path: Path, table: pa.Table, name: str, ids: np.ndarray, nullable: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -367,12 +365,17 @@ def _as_split_list(splits: str | Sequence[str] | None) -> list[str] | None:
 
 def read_embeddings(path: Path | str, splits: str | Sequence[str] | None = None,
                     columns: Sequence[str] | None = None) -> Embeddings:
-    """Read and validate an embeddings file; optionally keep only some splits and extra columns.
+    """Read and validate an embeddings file (or a folder of them: ``data.dataset``); optionally keep
+    only some splits and extra columns.
 
     ``columns`` limits the carried-through extra columns (the known columns are always read).
     Selecting splits that leave no row is an error.
     """
     path = Path(path)
+    if path.is_dir():
+        from retrieval.data.dataset import open_dataset
+
+        return open_dataset(path).read(splits=splits, columns=columns)
     parquet = _open_parquet(path)
     names = parquet.schema_arrow.names
     _check_columns(path, names)
@@ -382,15 +385,28 @@ def read_embeddings(path: Path | str, splits: str | Sequence[str] | None = None,
         raise DataError(f"{path}: the file has no rows")
     vectors = _VectorSource(parquet, path)
     emb = embeddings_from_table(table, path, _decode_metadata(parquet.schema_arrow.metadata), vectors=vectors)
-    wanted_splits = _as_split_list(splits)
-    if wanted_splits is None:
-        return emb
-    if emb.split is None:
-        raise DataError(f"{path}: no 'split' column, cannot select split(s) {', '.join(wanted_splits)}")
-    for name in wanted_splits:
-        if not np.any(emb.split == name):
-            raise empty_split_error(path, name, emb.split.tolist())
-    return emb.select(np.isin(emb.split, wanted_splits))
+    return select_splits(emb, splits)
+
+
+def concat_embeddings(parts: Sequence[Embeddings], source: str, metadata: dict[str, str]) -> Embeddings:
+    """Rows of several ``Embeddings`` (files of one folder, same columns) one after the other."""
+    def cat(name):
+        arrays = [getattr(p, name) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    camid, known = None, None
+    if any(p.camid is not None for p in parts):  # a file whose camids are all null has none
+        camid = np.concatenate([p.camid if p.camid is not None else np.full(len(p), -1, np.int64) for p in parts])
+        known = np.concatenate([p.camid_known if p.camid_known is not None else np.full(len(p), p.camid is not None)
+                                for p in parts])
+        known = None if known.all() else known
+    notes = tuple(dict.fromkeys(note for p in parts for note in p.notes))
+    extra = pa.concat_tables([p.extra for p in parts]) if parts[0].extra.num_columns else parts[0].extra
+    return Embeddings(
+        ids=np.concatenate([p.ids for p in parts]), vectors=np.ascontiguousarray(np.concatenate([p.vectors for p in parts])),
+        pid=cat("pid"), camid=camid, camid_known=known, split=cat("split"), path=cat("path"), extra=extra,
+        metadata=dict(metadata), source=source, notes=notes,
+    )
 
 
 def resolve_image_path(image: str, embeddings_file: Path | str | None) -> str:
@@ -403,8 +419,13 @@ def resolve_image_path(image: str, embeddings_file: Path | str | None) -> str:
 
 
 def file_metadata(path: Path | str) -> dict[str, str]:
-    """The ``retrieve.*`` key-value metadata of an embeddings file."""
-    return _decode_metadata(_open_parquet(Path(path)).schema_arrow.metadata)
+    """The ``retrieve.*`` key-value metadata of an embeddings file (of a folder: its first file)."""
+    path = Path(path)
+    if path.is_dir():
+        from retrieval.data.dataset import open_dataset
+
+        return open_dataset(path).metadata
+    return _decode_metadata(_open_parquet(path).schema_arrow.metadata)
 
 
 def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
@@ -412,9 +433,15 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
                            check_duplicates: bool = True) -> Iterator[Embeddings]:
     """Stream a file larger than memory as validated batches (optionally of some splits only).
 
-    Duplicate ids are checked across batches with a set of the ids seen so far.
+    Duplicate ids are checked across batches with a set of the ids seen so far. A folder of files
+    (``data.dataset``) is streamed file after file.
     """
     path = Path(path)
+    if path.is_dir():
+        from retrieval.data.dataset import open_dataset
+
+        yield from open_dataset(path).iter_batches(batch_rows, splits, check_duplicates)
+        return
     parquet = _open_parquet(path)
     _check_columns(path, parquet.schema_arrow.names)
     metadata = _decode_metadata(parquet.schema_arrow.metadata)
@@ -431,26 +458,14 @@ def iter_embedding_batches(path: Path | str, batch_rows: int = 65536,
                     f"{path}: column 'id' has duplicated value(s) (first: {', '.join(repeated[:SHOW_FIRST])})"
                 )
             seen.update(emb.ids.tolist())
-        if wanted_splits is not None:
-            if emb.split is None:
-                raise DataError(f"{path}: no 'split' column, cannot select split(s) {', '.join(wanted_splits)}")
+        if wanted_splits is not None and emb.split is not None:
             present.update(np.unique(emb.split.astype(str)).tolist())
-            emb = emb.select(np.isin(emb.split, wanted_splits))
+        emb = select_splits(emb, wanted_splits, allow_empty=True)
         rows += len(emb)
         if len(emb):
             yield emb
     if rows == 0:
-        if wanted_splits:
-            raise empty_split_error(path, ", ".join(wanted_splits), present)
-        raise DataError(f"{path}: the file has no rows")
-
-
-def empty_split_error(source, name: str, present) -> DataError:
-    """No row has split ``name``: name the splits present and the closest one (a typo, e.g. 'galery')."""
-    present = sorted({str(p) for p in present})
-    close = difflib.get_close_matches(name, present, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return DataError(f"{source}: split '{name}' is empty (splits present: {', '.join(present) or 'none'}){hint}")
+        raise nothing_selected(path, wanted_splits, "the file has no rows", present)
 
 
 # Writing lives in data.writer; these names are looked up there on first use (no import cycle).

@@ -178,3 +178,7 @@ class PrecomputedDistances:
             yield DistanceBlock.exact_values(start, self.matrix[start:start + block_rows])
 
     exact_blocks = blocks
+
+    def exact(self, query_rows: np.ndarray, gallery_cols: np.ndarray) -> np.ndarray:
+        """The values of (query row, gallery column) pairs (exact as given)."""
+        return self.matrix[np.asarray(query_rows, np.int64), np.asarray(gallery_cols, np.int64)]

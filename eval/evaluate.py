@@ -24,7 +24,7 @@ from retrieval.eval.average_precision import (
 from retrieval.eval.cmc import CMC_MODES, cmc_curve, first_match_ranks, query_cmc_hits, single_gallery_shot_hits
 from retrieval.eval.distances import DistanceSource, block_rows_for
 from retrieval.eval.errors import EvaluationError
-from retrieval.eval.protocol import RankingLabels
+from retrieval.eval.protocol import PROTOCOLS, RankingLabels
 from retrieval.eval.ranking import match_ranks, ranked_list_match_ranks
 from retrieval.common.progress import ProgressCallback
 
@@ -131,12 +131,15 @@ def _finite_or_none(value: float) -> float | None:
 
 @dataclass
 class _Inputs:
-    """Labels and ids shared by both evaluation modes."""
+    """Labels and ids shared by both evaluation modes (``labels`` None: the gallery's are elsewhere,
+    e.g. on the shards of a distributed evaluation)."""
 
-    labels: RankingLabels
+    labels: RankingLabels | None
     query_ids: np.ndarray
-    gallery_ids: np.ndarray
+    gallery_ids: np.ndarray | None
     query_camid: np.ndarray | None
+    query_pid: np.ndarray
+    protocol: str
 
 
 def _prepare(
@@ -162,7 +165,7 @@ def _prepare(
     query_ids = _ids(query_ids, num_queries, "q")
     gallery_ids = _ids(gallery_ids, num_gallery, "g")
     camid = None if query_camid is None else np.asarray(query_camid, dtype=np.int64)
-    return _Inputs(labels, query_ids, gallery_ids, camid)
+    return _Inputs(labels, query_ids, gallery_ids, camid, labels.query_pid, protocol)
 
 
 def _ids(ids: np.ndarray | None, count: int, prefix: str) -> np.ndarray:
@@ -199,9 +202,7 @@ def evaluate_ranking(
 
     ``source`` yields (b, G) distance blocks; pids (Q,) / (G,); camids needed for ``market``;
     ids needed for ``leave-one-out`` (and used to label the tables). ``keep_top`` items per
-    query (stable order, same-camera junk included and flagged) go to ``rankings``; 0 keeps none.
-    Junk-pid gallery items are left out of the computation when the source allows it (they
-    never count), so they do not appear in ``rankings``.
+    query (stable order, junk included and flagged) go to ``rankings``; 0 keeps none.
     """
     if cmc_mode not in CMC_MODES:
         raise EvaluationError(f"unknown CMC mode {cmc_mode!r}; expected one of {', '.join(CMC_MODES)}")
@@ -245,6 +246,11 @@ def evaluate_ranking(
     )
 
 
+# Off: gallery shards on Ray (``retrieval.distributed``) rank over every column, so a one-process
+# run keeps junk-pid items in ``rankings`` too (flagged), and both give the same tables.
+DROP_JUNK_COLUMNS = False
+
+
 def _without_junk_columns(source, labels: RankingLabels):
     """The source and labels without the junk-pid gallery items, when the source can drop columns.
 
@@ -254,7 +260,7 @@ def _without_junk_columns(source, labels: RankingLabels):
     remaining columns back to gallery rows (None when nothing was dropped).
     """
     junk = labels.gallery_is_junk_pid
-    if not junk.any() or junk.all() or not hasattr(source, "gallery_subset"):
+    if not DROP_JUNK_COLUMNS or not junk.any() or junk.all() or not hasattr(source, "gallery_subset"):
         return source, labels, None
     columns = np.flatnonzero(~junk)
     return source.gallery_subset(columns), labels.gallery_subset(columns), columns
@@ -323,6 +329,47 @@ def evaluate_topk(
     )
 
 
+def evaluate_from_ranks(
+    query: np.ndarray,
+    rank: np.ndarray,
+    query_pid: np.ndarray,
+    query_camid: np.ndarray | None = None,
+    *,
+    num_gallery: int,
+    protocol: str = "market",
+    ap_variant: str = "standard",
+    query_ids: np.ndarray | None = None,
+    max_rank: int = 50,
+    metric: str = "precomputed",
+    rankings: pa.Table | None = None,
+) -> RankingResult:
+    """A full-ranking evaluation from ranks computed elsewhere (e.g. summed over gallery shards,
+    ``eval.shards``): the kept rank of every true match, ``query`` grouped by row with ranks
+    ascending (as ``evaluate_ranking`` collects them), and the ``rankings`` table if any. The same
+    ranks give the same ``RankingResult`` as ``evaluate_ranking`` (multi-gallery-shot CMC)."""
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if ap_variant not in AP_VARIANTS:
+        raise EvaluationError(f"unknown AP variant {ap_variant!r}; expected one of {', '.join(AP_VARIANTS)}")
+    if max_rank < 1:
+        raise EvaluationError(f"max_rank must be at least 1, got {max_rank}")
+    query_pid = np.asarray(query_pid, dtype=np.int64)
+    Q = len(query_pid)
+    if Q == 0:
+        raise EvaluationError("no queries to evaluate (the query set is empty)")
+    if num_gallery == 0:
+        raise EvaluationError("no gallery items to rank (the gallery is empty)")
+    query = np.asarray(query, dtype=np.int64)
+    num_relevant = np.bincount(query, minlength=Q).astype(np.int64)
+    camid = None if query_camid is None else np.asarray(query_camid, dtype=np.int64)
+    inputs = _Inputs(None, _ids(query_ids, Q, "q"), None, camid, query_pid, protocol)
+    return _assemble(
+        inputs, query, np.asarray(rank, dtype=np.int64), num_relevant, num_gallery=num_gallery,
+        ap_variant=ap_variant, max_rank=max_rank, metric=metric, topk=None, cmc_mode="multi-gallery-shot",
+        rankings=rankings if rankings is not None else _empty_rankings(), single_shot_hits=None,
+    )
+
+
 def known_cmc_ranks(query: np.ndarray, kept_length: np.ndarray, valid: np.ndarray, k: int) -> int:
     """The largest r for which every valid query's CMC value at rank r is known from its list.
 
@@ -361,14 +408,14 @@ def _assemble(
     kept_length: np.ndarray | None = None,
     topk_ap: str | None = None,
 ) -> RankingResult:
-    labels = inputs.labels
-    Q = labels.num_queries
+    Q = len(inputs.query_pid)
+    protocol = inputs.protocol
     valid = num_relevant > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise EvaluationError(
             f"no valid query: none of the {Q} queries has a true match in the gallery under the "
-            f"{labels.protocol!r} protocol (check the pids, the splits and --protocol)"
+            f"{protocol!r} protocol (check the pids, the splits and --protocol)"
         )
     ap = average_precision(query, rank, num_relevant, variant=ap_variant, denominator=ap_denominator)
     inp = inverse_negative_penalty(query, rank, num_relevant)
@@ -387,7 +434,7 @@ def _assemble(
     per_query = pa.table(
         {
             "query_id": pa.array([str(i) for i in inputs.query_ids], pa.string()),
-            "pid": pa.array(labels.query_pid, pa.int64()),
+            "pid": pa.array(inputs.query_pid, pa.int64()),
             "camid": pa.array(inputs.query_camid, pa.int64()) if inputs.query_camid is not None else pa.nulls(Q, pa.int64()),
             "valid": pa.array(valid),
             "ap": _nullable_float(ap, valid),
@@ -407,7 +454,7 @@ def _assemble(
         num_queries=Q,
         num_valid_queries=num_valid,
         num_gallery=num_gallery,
-        protocol=labels.protocol,
+        protocol=protocol,
         ap_variant=ap_variant,
         metric=metric,
         topk=topk,
@@ -447,15 +494,25 @@ def _rankings_table(inputs: _Inputs, parts: list[tuple[int, np.ndarray, np.ndarr
     cols = np.concatenate([c.ravel() for _, c, _ in parts])
     dist = np.concatenate([d.ravel() for _, _, d in parts]).astype(np.float64)
     rank = np.concatenate([np.tile(np.arange(1, c.shape[1] + 1), len(c)) for _, c, _ in parts])
-    junk = labels.is_junk(rows, cols)
-    kept_rank = _ranks_within_groups(~junk, rank == 1)
+    return rankings_table(inputs.query_ids[rows], rank, inputs.gallery_ids[cols], dist,
+                          labels.is_match(rows, cols), labels.is_junk(rows, cols))
+
+
+def rankings_table(query_ids: np.ndarray, rank: np.ndarray, gallery_ids: np.ndarray, distance: np.ndarray,
+                   is_match: np.ndarray, is_junk: np.ndarray) -> pa.Table:
+    """``rankings`` from flat per-entry arrays, grouped by query with ``rank`` 1, 2, ... in each group
+    (the flags decided by the protocol wherever the gallery's labels are); kept ranks skip junk."""
+    if len(rank) == 0:
+        return _empty_rankings()
+    junk = np.asarray(is_junk, dtype=bool)
+    kept_rank = _ranks_within_groups(~junk, np.asarray(rank) == 1)
     return pa.table(
         {
-            "query_id": pa.array(inputs.query_ids[rows].astype(str), pa.string()),
+            "query_id": pa.array(np.asarray(query_ids).astype(str), pa.string()),
             "rank": pa.array(rank, pa.int64()),
-            "gallery_id": pa.array(inputs.gallery_ids[cols].astype(str), pa.string()),
-            "distance": pa.array(dist, pa.float64()),
-            "is_match": pa.array(labels.is_match(rows, cols)),
+            "gallery_id": pa.array(np.asarray(gallery_ids).astype(str), pa.string()),
+            "distance": pa.array(np.asarray(distance, dtype=np.float64), pa.float64()),
+            "is_match": pa.array(np.asarray(is_match, dtype=bool)),
             "is_junk": pa.array(junk),
             "kept_rank": pa.array(kept_rank, pa.int64(), mask=junk),
         },

@@ -243,6 +243,68 @@ def _first_k(exact: _PairValues, rows: np.ndarray, cols: np.ndarray, num_rows: i
     return cols[first].reshape(num_rows, k), vals[first].reshape(num_rows, k)
 
 
+def block_top_k(block: DistanceBlock, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's first ``k`` columns (junk included) in exact stable order, and their exact values:
+    (b, min(k, G)) arrays, the ``top_cols`` / ``top_values`` of :func:`match_ranks` without the ranks."""
+    num_rows, num_cols = block.values.shape
+    k = min(k, num_cols)
+    if k == 0:
+        return np.empty((num_rows, 0), np.int64), np.empty((num_rows, 0), np.float64)
+    window = 2.0 * np.asarray(block.bound, dtype=np.float64)
+    none = np.empty(0, np.int64)
+    cands = _Candidates(block, none, np.empty(0, np.float64), window, k)
+    rows, cols = cands.top(k, window)
+    return _first_k(_PairValues(block, rows, cols), rows, cols, num_rows, k)
+
+
+def block_top_candidates(block: DistanceBlock, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every entry that can be among its row's first ``k`` (the entries within 2B of the approximate
+    k-th): (local rows, cols, approximate values, their bounds), all float64 values; no exact value
+    is computed. The row's first k by exact (value, column) are among them (see ``block_top_k``)."""
+    num_rows, num_cols = block.values.shape
+    k = min(k, num_cols)
+    if k == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.float64), np.empty(0, np.float64)
+    bound = np.asarray(block.bound, dtype=np.float64)
+    cands = _Candidates(block, np.empty(0, np.int64), np.empty(0, np.float64), 2.0 * bound, k)
+    rows, cols = cands.top(k, 2.0 * bound)
+    return rows, cols, block.values[rows, cols].astype(np.float64), bound[rows]
+
+
+def count_before_exact(block: DistanceBlock, labels: RankingLabels, match_rows: np.ndarray, match_values: np.ndarray,
+                       match_cols: np.ndarray, col_offset: int = 0) -> np.ndarray:
+    """Per given match: the block's kept non-matches before it in exact (value, column) order.
+
+    For one gallery shard of a distributed evaluation: ``block`` (and ``labels``) cover this
+    shard's columns, which are columns ``col_offset ..`` of the whole gallery; each match is given
+    by its absolute query row, its *exact* value and its column in the whole gallery (it may lie
+    in another shard). Since the match values are exact, a block value within the bound B (not 2B)
+    of one is the only kind compared exactly. Summed over the shards, the counts are the
+    ``before`` counts of :func:`match_ranks` for the whole gallery.
+    """
+    match_rows = np.asarray(match_rows, dtype=np.int64) - block.start
+    match_values = np.asarray(match_values, dtype=np.float64)
+    match_cols = np.asarray(match_cols, dtype=np.int64)
+    if len(match_rows) == 0:
+        return np.zeros(0, np.int64)
+    window = np.asarray(block.bound, dtype=np.float64)
+    cands = _Candidates(block, match_rows, match_values, window, 0)
+    plan = _match_windows(cands, labels, block.start, match_rows, match_cols, match_values, window)
+    if len(plan.pair_match) == 0:
+        return plan.sure_before
+    other = _PairValues(block, plan.pair_rows, plan.pair_cols).get(plan.pair_rows, plan.pair_cols).astype(np.float64)
+    mine = match_values[plan.pair_match]
+    before = (other < mine) | ((other == mine) & (plan.pair_cols + col_offset < match_cols[plan.pair_match]))
+    return plan.sure_before + np.bincount(plan.pair_match, weights=before, minlength=len(match_rows)).astype(np.int64)
+
+
+def ranks_from_before_counts(match_rows: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, rank) of every match from its count of kept non-matches before it: grouped by
+    row, ranks ascending (rank_j = j + before_j, matches ordered by their counts)."""
+    return _ranks_from_counts(np.asarray(match_rows, dtype=np.int64), np.asarray(before, dtype=np.int64))
+
+
 def ranked_list_match_ranks(
     gallery_cols: np.ndarray, first_row: int, labels: RankingLabels
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

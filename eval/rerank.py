@@ -109,7 +109,40 @@ class RerankedDistances:
         self._progress = progress
         self._graph: NeighbourhoodGraph | None = None
         self._gallery_v: sp.csc_matrix | None = None
+        self._gallery_rows: sp.csr_matrix | None = None
         self._space: KeySpace | None = None
+
+    @classmethod
+    def from_graph_rows(cls, query_vectors: np.ndarray, gallery_vectors: np.ndarray, query_rows: sp.csr_matrix,
+                        gallery_rows: sp.csr_matrix, query_row_max: np.ndarray, *, lambda_: float,
+                        distance: str = "squared", metric: str = "euclidean", device: str = "cpu",
+                        progress: ProgressCallback | None = None) -> "RerankedDistances":
+        """Re-ranked distances of the queries to some gallery items from a graph built elsewhere.
+
+        ``query_rows`` / ``gallery_rows``: those items' rows of V (over the same graph columns),
+        ``query_row_max`` the queries' normalising maxima. For one gallery shard of a distributed
+        evaluation: every value equals the whole-gallery ``RerankedDistances``'s for the same pair
+        (the Jaccard sums add each pair's terms in the same order), so ranks do too.
+        """
+        query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        gallery_vectors = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
+        _check_shapes(query_vectors, gallery_vectors)
+        if distance not in DISTANCES:
+            raise EvaluationError(f"unknown re-ranking distance {distance!r}: expected squared or toolkit")
+        self = cls.__new__(cls)
+        vectors = np.concatenate([query_vectors, gallery_vectors])
+        self._vectors = normalise(vectors) if metric == "cosine" else vectors
+        self.num_queries, self.num_gallery = len(query_vectors), len(gallery_vectors)
+        self.k1 = self.k2 = None
+        self.lambda_, self.distance, self.metric, self.device = float(lambda_), distance, metric, device
+        self.in_graph = None
+        self._progress = progress
+        # the query rows are all blocks() reads of the graph; the gallery's rows are kept as columns
+        self._graph = NeighbourhoodGraph(v=query_rows.tocsr(), row_max=np.asarray(query_row_max, np.float64))
+        self._gallery_rows = gallery_rows.tocsr()
+        self._gallery_v = self._gallery_rows.tocsc()
+        self._space = None
+        return self
 
     @property
     def params(self) -> dict:
@@ -123,7 +156,8 @@ class RerankedDistances:
                 self._vectors, self.k1, self.k2, power=_power(self.distance), in_graph=self.in_graph,
                 device=self.device, progress=self._progress, num_queries=self.num_queries,
             )
-            self._gallery_v = self._graph.v[self.num_queries:].tocsc()
+            self._gallery_rows = self._graph.v[self.num_queries:]
+            self._gallery_v = self._gallery_rows.tocsc()
         return self._graph
 
     def to_distance(self, values: np.ndarray) -> np.ndarray:
@@ -155,6 +189,30 @@ class RerankedDistances:
             if self._progress is not None:
                 self._progress("jaccard", stop, self.num_queries)
             yield DistanceBlock(start, final, bound, self._exact_fn(start, jaccard_part, row_max))
+
+    def exact(self, query_rows: np.ndarray, gallery_cols: np.ndarray) -> np.ndarray:
+        """Exact final distances of (query row, gallery column) pairs, without a distance block.
+
+        The same operations as a block's exact values, pair by pair: m summed over the shared
+        support in column order from 0 (as ``shared_min_sums`` adds a pair's terms), so every
+        value equals the one :meth:`blocks` settles for that pair, bit for bit.
+        """
+        rows = np.asarray(query_rows, dtype=np.int64)
+        cols = np.asarray(gallery_cols, dtype=np.int64)
+        graph = self.graph
+        both = graph.v[rows].minimum(self._gallery_rows[cols]).tocsr()
+        both.sort_indices()
+        m = np.bincount(np.repeat(np.arange(len(rows)), np.diff(both.indptr)), weights=both.data,
+                        minlength=len(rows)).astype(np.float64)
+        denominator = 2.0 - m
+        np.divide(m, denominator, out=m)
+        np.subtract(1.0, m, out=m)
+        m *= 1.0 - self.lambda_
+        keys = self.space.exact(rows, cols).astype(np.float64)
+        d = _normalised(keys, graph.row_max[rows], _power(self.distance))
+        d *= self.lambda_
+        d += m
+        return d
 
     def _final(self, jaccard_part: np.ndarray, squared: np.ndarray, row_max: np.ndarray) -> np.ndarray:
         """(1 − λ)·d_J + λ·d, the same operations for a block and for exact pairs."""
@@ -228,25 +286,55 @@ def build_graph(
     nearest_sq, neighbours, row_max_graph = exact_knn_in(
         space, k1 + 1, progress=progress, with_row_max=True, on_panel=None if keeper is None else keeper.take,
     )
+    left_out = np.setdiff1d(np.arange(n_items), members)
+    row_max_left_out = np.empty(0, np.float64)
+    if len(left_out):  # their own row maxima, over the items in the graph
+        _, _, row_max_left_out = exact_knn_between(vectors[left_out], x, 1, device=device, with_row_max=True)
+    graph = graph_from_neighbours(
+        neighbours, nearest_sq, row_max_graph, members, n_items, k1, k2, power=power,
+        pair_keys=lambda rows, cols: space.exact(rows, cols).astype(np.float64), row_max_left_out=row_max_left_out,
+        progress=progress,
+    )
+    return NeighbourhoodGraph(graph.v, graph.row_max, None if keeper is None else keeper.result())
+
+
+def graph_from_neighbours(
+    neighbours: np.ndarray,
+    nearest_sq: np.ndarray,
+    row_max_graph: np.ndarray,
+    members: np.ndarray,
+    n_items: int,
+    k1: int,
+    k2: int,
+    *,
+    power: int,
+    pair_keys,
+    row_max_left_out: np.ndarray,
+    progress: ProgressCallback | None = None,
+) -> NeighbourhoodGraph:
+    """Steps 3–6 from the exact neighbour lists of the items in the graph (wherever they were computed).
+
+    ``neighbours`` / ``nearest_sq`` (M, k1 + 1): each graph item's nearest graph items (indices into
+    ``members``) and their exact squared distances; ``row_max_graph`` (M,) each one's largest exact
+    squared distance to the graph; ``pair_keys(rows, cols)`` the exact squared distances (float64)
+    of other pairs of graph items; ``row_max_left_out``: the row maxima of the items outside the
+    graph, in item order. :func:`build_graph` computes these in one process, ``retrieval.distributed``
+    on a cluster: the same values give the same graph.
+    """
     neighbours = neighbours.astype(np.int32)
     expanded = expanded_reciprocal_sets(neighbours, k1)
     if progress is not None:
         progress("sets", 1, 1)
-    weights = reciprocal_weights(x, expanded, row_max_graph, power, known=(neighbours, nearest_sq), space=space)
+    weights = reciprocal_weights(None, expanded, row_max_graph, power, known=(neighbours, nearest_sq),
+                                 pair_keys=pair_keys)
     expanded_v = local_query_expansion(weights, neighbours[:, :k2])
     if progress is not None:
         progress("expansion", 1, 1)
     row_max = np.zeros(n_items, dtype=np.float64)
     row_max[members] = row_max_graph
     left_out = np.setdiff1d(np.arange(n_items), members)
-    if len(left_out):  # their own row maxima, over the items in the graph
-        _, _, row_max[left_out] = exact_knn_between(
-            vectors[left_out], x, 1, device=device, with_row_max=True
-        )
-    return NeighbourhoodGraph(
-        v=_rows_to_items(expanded_v, members, n_items), row_max=row_max,
-        query_gallery=None if keeper is None else keeper.result(),
-    )
+    row_max[left_out] = row_max_left_out
+    return NeighbourhoodGraph(v=_rows_to_items(expanded_v, members, n_items), row_max=row_max)
 
 
 class _QueryGalleryKeeper:
@@ -301,13 +389,13 @@ def expanded_reciprocal_sets(neighbours: np.ndarray, k1: int) -> sp.csr_matrix:
 
 
 def reciprocal_weights(
-    x: np.ndarray, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None, space: KeySpace | None = None
+    x: np.ndarray | None, sets: sp.csr_matrix, row_max: np.ndarray, power: int, known=None, pair_keys=None
 ) -> sp.csr_matrix:
     """Step 5: V[i, j] = exp(-d(i, j)) on R*(i), rows normalised to sum 1 (float64).
 
     ``known`` = (neighbours (N, k), their squared distances (N, k)): pairs found there are not
-    recomputed (most of R*(i) lies in i's own neighbour list); the others are, by ``space``
-    (the items' ``KeySpace``) when given.
+    recomputed (most of R*(i) lies in i's own neighbour list); the others are, from the vectors
+    ``x`` or by ``pair_keys(rows, cols)`` (exact squared distances, float64) when given.
     """
     rows = np.repeat(np.arange(sets.shape[0]), np.diff(sets.indptr))
     cols = sets.indices
@@ -316,10 +404,10 @@ def reciprocal_weights(
     if known is not None:
         found, values = _lookup_pairs(rows, cols, *known)
         squared[found] = values
-    if space is not None:
-        squared[~found] = space.exact(rows[~found], cols[~found])
-    else:
+    if pair_keys is None:
         squared[~found] = pair_squared_distances(x, rows[~found], cols[~found])
+    else:
+        squared[~found] = pair_keys(rows[~found], cols[~found])
     weights = exp_of_negative(_normalised(squared, row_max[rows], power))
     sums = np.bincount(rows, weights=weights, minlength=sets.shape[0])
     weights /= sums[rows]

@@ -10,6 +10,7 @@ TAR@FAR order statistic) are kept and sorted. See ``BinnedImpostors``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -186,83 +187,180 @@ def query_gallery_verification(
     bins only (from the blocks kept in memory when they fit in ``cache_bytes``, else from
     recomputed blocks). Counts below any genuine distance, hence the curve, AUC and EER, and
     the order statistics are then exact. Memory: one block, the histogram, the genuine
-    distances and the kept impostors.
+    distances and the kept impostors. The passes are public (``first_block_range``,
+    ``count_trials``, ``hot_trials``, ``verification_from_counts``) so that gallery shards can run
+    them apart (``retrieval.distributed``) with the same result.
     """
     fars = check_fars(fars)
     progress = progress or no_progress
-    num_queries, num_gallery = source.num_queries, source.num_gallery
-    if (num_queries, num_gallery) != (labels.num_queries, labels.num_gallery):
+    _check_sizes(source, labels)
+    block_rows = block_rows or trial_block_rows(source.num_gallery)
+    passed = count_trials(source, labels, None, block_rows, progress, num_bins=num_bins, cache_bytes=cache_bytes)
+    hot = hot_bins(passed.genuine, passed.counts, passed.binner, fars)
+    kept, hot_counts = hot_trials(source, labels, passed.binner, hot, block_rows, progress, blocks=passed.cache)
+    counts, genuine, binner = passed.counts, passed.genuine, passed.binner
+    del passed  # release the kept distance blocks before the final counts
+    return verification_from_counts(genuine, counts, [kept], hot_counts, hot, binner, fars, distance, labels)
+
+
+def trial_block_rows(num_gallery: int) -> int:
+    """Query rows per block of trials (the first block also sets the histogram's range)."""
+    return max(1, DEFAULT_BLOCK_BYTES // max(1, 4 * num_gallery))
+
+
+def _check_sizes(source, labels) -> None:
+    if (source.num_queries, source.num_gallery) != (labels.num_queries, labels.num_gallery):
         raise EvaluationError(
-            f"distances are {num_queries} × {num_gallery} but the labels describe "
+            f"distances are {source.num_queries} × {source.num_gallery} but the labels describe "
             f"{labels.num_queries} queries × {labels.num_gallery} gallery items"
         )
-    if block_rows is None:
-        block_rows = max(1, DEFAULT_BLOCK_BYTES // max(1, 4 * num_gallery))
-    cache: list[tuple[int, np.ndarray]] | None = None
 
+
+@dataclass(frozen=True)
+class ValueRange:
+    """The smallest and largest distance of the first block's kept trials (``kept`` False: none was
+    kept, so over all its trials), and the distances' dtype: what the histogram's edges come from."""
+
+    lo: float
+    hi: float
+    kept: bool
+    dtype: str
+
+
+def first_block_range(source, labels, block_rows: int) -> ValueRange | None:
+    """The range of the first ``block_rows`` queries' kept trials (None without queries or gallery)."""
+    for start, block in exact_trial_blocks(source, block_rows):
+        _check_nan(block, start)
+        genuine, excluded = trial_masks(labels, start, start + block.shape[0])
+        return _block_range(block, genuine, excluded)
+    return None
+
+
+def _block_range(block: np.ndarray, genuine: np.ndarray, excluded: np.ndarray) -> ValueRange | None:
+    kept = block[~excluded | genuine]
+    sample = kept if len(kept) else block
+    if sample.size == 0:
+        return None
+    return ValueRange(float(sample.min()), float(sample.max()), bool(len(kept)), block.dtype.str)
+
+
+def binner_over(ranges: Sequence[ValueRange], num_bins: int = NUM_BINS) -> MonotoneBinner:
+    """Bin edges over the first block's kept distances (of every shard), widened by an eighth on each side.
+
+    Any edges give exact results (values outside fall in the end bins); representative edges
+    only keep the number of impostors sharing a bin with a genuine distance small.
+    """
+    chosen = [r for r in ranges if r.kept] or list(ranges)
+    lo, hi = min(r.lo for r in chosen), max(r.hi for r in chosen)
+    margin = (hi - lo) / 8
+    dtype = np.dtype(chosen[0].dtype)
+    dtype = dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+    return MonotoneBinner(lo - margin, hi + margin, num_bins, dtype)
+
+
+def _check_nan(block: np.ndarray, start: int) -> None:
+    if np.isnan(np.sum(block)):  # a reduction, no (b, G) temporary; NaN anywhere makes the sum NaN
+        rows = np.flatnonzero(np.isnan(block).any(axis=1)) + start
+        raise EvaluationError(f"distances hold NaN (query rows {few(rows)})")
+
+
+@dataclass
+class TrialCounts:
+    """Pass 1: the impostors' histogram (num_bins + 1; the last bin counts the trials that are not
+    impostors), the genuine distances (sorted), the binner, and the blocks when they were kept."""
+
+    counts: np.ndarray
+    genuine: np.ndarray
+    binner: MonotoneBinner
+    cache: list | None = None
+
+
+def count_trials(source, labels, binner: MonotoneBinner | None, block_rows: int,
+                 progress: ProgressCallback | None = None, *, num_bins: int = NUM_BINS,
+                 cache_bytes: int = 0) -> TrialCounts:
+    """Pass 1 with the given binner, or (None) one set by the first block (``binner_over``); the
+    blocks are kept for pass 2 when all of them fit in ``cache_bytes``."""
+    progress = progress or no_progress
+    counts: np.ndarray | None = None
     genuine_parts: list[np.ndarray] = []
-    binner: MonotoneBinner | None = None
-    counts = np.zeros(num_bins + 1, np.int64)  # last bin: trials that are not impostors
     buffers = BlockBuffers()
+    cache: list | None = None
     for start, block in exact_trial_blocks(source, block_rows):
         stop = start + block.shape[0]
-        if np.isnan(np.sum(block)):  # a reduction, no (b, G) temporary; NaN anywhere makes the sum NaN
-            rows = np.flatnonzero(np.isnan(block).any(axis=1)) + start
-            raise EvaluationError(f"distances hold NaN (query rows {few(rows)})")
+        _check_nan(block, start)
         genuine, excluded = trial_masks(labels, start, stop)
         if binner is None:
-            binner = _binner_for(block, excluded, genuine, num_bins)
-            if num_queries * num_gallery * binner.dtype.itemsize <= cache_bytes:
+            binner = binner_over([_block_range(block, genuine, excluded)], num_bins)
+        if counts is None:
+            counts = np.zeros(binner.num_bins + 1, np.int64)
+            if source.num_queries * source.num_gallery * binner.dtype.itemsize <= cache_bytes:
                 cache = []
-        else:
-            block = np.asarray(block, dtype=binner.dtype)
+        block = np.asarray(block, dtype=binner.dtype)
         genuine_parts.append(block[genuine])
         bins = binner(block, buffers)
-        bins[excluded] = num_bins
-        counts += np.bincount(bins.ravel(), minlength=num_bins + 1)
+        bins[excluded] = binner.num_bins
+        counts += np.bincount(bins.ravel(), minlength=binner.num_bins + 1)
         if cache is not None:
             cache.append((start, np.array(block, copy=True)))
-        progress("verification: counting trials", stop, num_queries)
+        progress("verification: counting trials", stop, source.num_queries)
     if binner is None:
         raise EvaluationError("no queries: nothing to verify")
-    impostor_counts = counts[:num_bins]
-    genuine = np.sort(np.concatenate(genuine_parts))
-    if len(genuine) == 0:
-        raise EvaluationError("no genuine trials: no query has a same-identity gallery item left after junk filtering")
-    if impostor_counts.sum() == 0:
-        raise EvaluationError("no impostor trials: every kept gallery item has the query's identity")
+    genuine = np.sort(np.concatenate(genuine_parts)) if genuine_parts else np.empty(0, binner.dtype)
+    return TrialCounts(counts, genuine, binner, cache)
 
-    hot = np.zeros(num_bins + 1, bool)
-    hot[binner(np.unique(genuine))] = True
-    hot[order_stat_bins(impostor_counts, fars)] = True
 
-    blocks = cache if cache is not None else exact_trial_blocks(source, block_rows)
+def hot_bins(genuine: np.ndarray, counts: np.ndarray, binner: MonotoneBinner, fars: Sequence[float]) -> np.ndarray:
+    """The bins pass 2 keeps: those of a genuine distance and of the order statistics TAR@FAR needs."""
+    hot = np.zeros(binner.num_bins + 1, bool)
+    if len(genuine):
+        hot[binner(np.unique(genuine))] = True
+    hot[order_stat_bins(counts[:binner.num_bins], check_fars(fars))] = True
+    return hot
+
+
+def hot_trials(source, labels, binner: MonotoneBinner, hot: np.ndarray, block_rows: int,
+               progress: ProgressCallback | None = None, blocks=None) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2: (the impostor distances of the hot bins, their histogram). ``blocks``: pass 1's cache."""
+    progress = progress or no_progress
     kept: list[np.ndarray] = []
-    hot_counts = np.zeros(num_bins + 1, np.int64)
-    for start, block in blocks:
+    hot_counts = np.zeros(binner.num_bins + 1, np.int64)
+    buffers = BlockBuffers()
+    for start, block in (blocks if blocks is not None else exact_trial_blocks(source, block_rows)):
         stop = start + block.shape[0]
         block = np.asarray(block, dtype=binner.dtype)
         _, excluded = trial_masks(labels, start, stop)
         bins = binner(block, buffers)
-        bins[excluded] = num_bins
+        bins[excluded] = binner.num_bins
         in_hot = hot[bins]
         kept.append(block[in_hot])
-        hot_counts += np.bincount(bins[in_hot], minlength=num_bins + 1)
-        progress("verification: exact counts", stop, num_queries)
-    del cache, blocks  # release the kept distance blocks before the final counts
+        hot_counts += np.bincount(bins[in_hot], minlength=binner.num_bins + 1)
+        progress("verification: exact counts", stop, source.num_queries)
+    return (np.concatenate(kept) if kept else np.empty(0, binner.dtype)), hot_counts
+
+
+def verification_from_counts(genuine: np.ndarray, counts: np.ndarray, kept: list[np.ndarray], hot_counts: np.ndarray,
+                             hot: np.ndarray, binner: MonotoneBinner, fars: Sequence[float], distance: str,
+                             labels) -> VerificationResult:
+    """The ROC metrics from both passes (summed over shards, when there are several)."""
+    num_bins = binner.num_bins
+    impostor_counts = counts[:num_bins]
+    if len(genuine) == 0:
+        raise EvaluationError("no genuine trials: no query has a same-identity gallery item left after junk filtering")
+    if impostor_counts.sum() == 0:
+        raise EvaluationError("no impostor trials: every kept gallery item has the query's identity")
     if not np.array_equal(hot_counts[:num_bins][hot[:num_bins]], impostor_counts[hot[:num_bins]]):
         raise EvaluationError(
             "internal error: the second pass over the trials counted different impostors than the first "
             "(the distance source is not deterministic); no result was written"
         )
     impostors = BinnedImpostors(impostor_counts, np.concatenate(kept), hot, binner)
-    roc = roc_metrics_from(genuine, impostors, fars)
+    roc = roc_metrics_from(np.sort(genuine), impostors, check_fars(fars))
     parameters = {
         "trials": "query-gallery",
         "protocol": labels.protocol,
         "junk_pids": list(labels.junk_pids),
-        "num_queries": num_queries,
-        "num_gallery": num_gallery,
+        "num_queries": labels.num_queries,
+        "num_gallery": labels.num_gallery,
         "kept_impostors": int(len(impostors.kept)),
     }
     return VerificationResult("query-gallery", distance, roc, None, parameters)
@@ -279,17 +377,3 @@ def exact_trial_blocks(source, block_rows: int):
         if block.exact_fn is not None or np.any(block.bound):
             raise EvaluationError("query × gallery verification needs exact distances; this source gives approximations")
         yield block.start, source.to_distance(block.values)
-
-
-def _binner_for(block: np.ndarray, excluded: np.ndarray, genuine: np.ndarray, num_bins: int) -> MonotoneBinner:
-    """Bin edges over the first block's kept distances, widened by an eighth on each side.
-
-    Any edges give exact results (values outside fall in the end bins); representative edges
-    only keep the number of impostors sharing a bin with a genuine distance small.
-    """
-    kept = block[~excluded | genuine]
-    sample = kept if len(kept) else block
-    lo, hi = float(sample.min()), float(sample.max())
-    margin = (hi - lo) / 8
-    dtype = block.dtype if np.issubdtype(block.dtype, np.floating) else np.float64
-    return MonotoneBinner(lo - margin, hi + margin, num_bins, dtype)

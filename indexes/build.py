@@ -93,9 +93,11 @@ class _TrainSample:
     The keys come from one seeded stream in row order, so the sample does not depend on batch sizes.
     """
 
-    def __init__(self, capacity: int, seed: int):
+    def __init__(self, capacity: int, seed: int, first_row: int = 0):
         self.capacity = capacity
         self.rng = np.random.default_rng(seed)
+        if first_row:  # a shard starting at gallery row first_row draws the keys one stream gives those rows
+            self.rng.bit_generator.advance(first_row)
         self.keys = np.empty(0)
         self.rows = np.empty(0, dtype=np.int64)
         self.vectors: np.ndarray | None = None
@@ -107,6 +109,19 @@ class _TrainSample:
         keys = np.concatenate([self.keys, keys])
         rows = np.concatenate([self.rows, np.arange(first_row, first_row + len(vectors))])
         stacked = vectors if self.vectors is None else np.concatenate([self.vectors, vectors])
+        self._keep(keys, rows, stacked)
+
+    @classmethod
+    def merged(cls, parts: list["_TrainSample"], capacity: int) -> "_TrainSample":
+        """The sample one stream over all rows keeps, from the samples of consecutive shards."""
+        out = cls(capacity, 0)
+        for part in parts:
+            if part.vectors is not None:
+                out._keep(np.concatenate([out.keys, part.keys]), np.concatenate([out.rows, part.rows]),
+                          part.vectors if out.vectors is None else np.concatenate([out.vectors, part.vectors]))
+        return out
+
+    def _keep(self, keys: np.ndarray, rows: np.ndarray, stacked: np.ndarray) -> None:
         if len(keys) > self.capacity:
             keep = np.argpartition(keys, self.capacity - 1)[: self.capacity]
             keys, rows, stacked = keys[keep], rows[keep], stacked[keep]
@@ -208,14 +223,18 @@ class _Build:
     warnings: list[str] = field(default_factory=list)
 
 
-def _add_pass(batches, spec, params, metric, build: _Build, progress):
-    """Create (and train) the index on the first batch, then add every batch; returns index, rows, exactness."""
+def _add_pass(batches, spec, params, metric, build: _Build, progress, template=None):
+    """Create (and train) the index on the first batch, then add every batch; returns index, rows, exactness.
+
+    ``template``: an empty index already trained (a shard of a sharded build) to add to instead."""
     index = None
     parts: list[pa.Table] = []
     stores_vectors = False
     for batch in batches():
         added = index.ntotal if index is not None else 0
         vectors = prepare_vectors(batch.vectors, metric, what="gallery", first_row=added)
+        if index is None and template is not None:
+            build.spec, index = spec, template
         if index is None:
             build.spec = spec or spec_for_kind(dim=vectors.shape[1], count=0, **params)
             index = _new_index(build.spec, vectors.shape[1], metric)
@@ -235,6 +254,67 @@ def _add_pass(batches, spec, params, metric, build: _Build, progress):
     if build.count is not None and index.ntotal != build.count:
         raise FaissIndexError(f"the gallery changed while indexing ({build.count} rows sampled, {index.ntotal} added)")
     return index, pa.concat_tables(parts), stores_vectors
+
+
+@dataclass
+class Template:
+    """An empty index trained once (on a sample of the whole gallery): what every shard adds to."""
+
+    index: faiss.Index
+    spec: IndexSpec
+    train_rows: int
+    warnings: list[str]
+    notes: list[str]
+    placement: Placement
+
+    def __getstate__(self) -> dict:  # faiss indexes travel as their serialised bytes (to Ray workers)
+        return {**self.__dict__, "index": faiss.serialize_index(self.index)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({**state, "index": faiss.deserialize_index(state["index"])})
+
+
+def needs_sample(kind: str, factory: str | None) -> bool:
+    """Whether the build trains on a sample (IVF, PQ, any factory string)."""
+    return factory is not None or kind in ("ivf", "ivfpq")
+
+
+def sample_capacity(nlist: int | None, pq_bits: int | None, train_size: int | None) -> int:
+    return train_size if train_size is not None else _sample_capacity(nlist, pq_bits)
+
+
+def train_template(*, dim: int, count: int, sample: "_TrainSample | None", kind: str = "flat", factory: str | None = None,
+                   metric: str = "l2", nlist: int | None = None, pq_m: int | None = None, pq_bits: int | None = None,
+                   hnsw_m: int | None = None, seed: int = 0, train_size: int | None = None, device: str = "auto",
+                   progress: ProgressCallback | None = None) -> Template:
+    """The empty index ``build_index`` would create and train for ``count`` rows of dimension ``dim``,
+    trained on ``sample`` (drawn over all rows, e.g. merged from shards: ``_TrainSample.merged``)."""
+    progress = progress or (lambda stage, done, total: None)
+    check_metric_name(metric)
+    params = {"kind": kind, "nlist": nlist, "pq_m": pq_m, "pq_bits": pq_bits, "hnsw_m": hnsw_m}
+    placement = Placement(device, FAISS_CPU) if device == "cpu" else resolve_placement(device, exact_flat=False)
+    build = _Build(placement=placement, notes=list(placement.notes), seed=seed, train_size=train_size,
+                   sample=sample, count=count)
+    spec = spec_for_factory(factory) if factory is not None else spec_for_kind(
+        dim=dim, count=count if needs_sample(kind, factory) else 0, **params)
+    build.spec = spec
+    index = _new_index(spec, dim, metric)
+    if not index.is_trained:
+        build.train_rows, warnings = _train(index, build, progress)
+        build.warnings.extend(warnings)
+    prepare_direct_map(index)
+    return Template(index, spec, build.train_rows, build.warnings, build.notes, placement)
+
+
+def add_to_template(batches, template: Template, metric: str, *, seed: int = 0, split: str | None = None,
+                    progress: ProgressCallback | None = None):
+    """Add every batch to a copy of the template: (index, row table, whether it stores exact vectors)."""
+    progress = progress or (lambda stage, done, total: None)
+    build = _Build(placement=template.placement, notes=[], seed=seed, train_size=None, split=split,
+                   train_rows=template.train_rows)
+    copy = faiss.deserialize_index(faiss.serialize_index(template.index))
+    prepare_direct_map(copy)
+    return _add_pass(_batch_source(batches, None), template.spec, {}, metric, build, progress, template=copy)
 
 
 def _sample_capacity(nlist: int | None, pq_bits: int | None) -> int:

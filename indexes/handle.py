@@ -13,8 +13,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from retrieval.indexes.distance import key_to_distance
 from retrieval.indexes.errors import FaissIndexError
-from retrieval.indexes.folder import read_folder, update_manifest
+from retrieval.indexes.folder import read_folder, read_manifest, update_manifest
 from retrieval.indexes.metric import METRIC_ALIASES
 from retrieval.indexes.placement import (
     FAISS_CPU,
@@ -32,8 +33,8 @@ from retrieval.indexes.search import (
     candidate_count,
     check_k,
     check_queries,
-    exact_rerank,
-    exact_topk,
+    exact_rerank_keys,
+    exact_topk_keys,
     fill_missing,
     flat_vectors,
     hnsw_of,
@@ -43,9 +44,17 @@ from retrieval.indexes.search import (
 )
 
 
-def load_index(path: Path | str, device: str = "auto") -> "IndexHandle":
-    """Open an index folder; a missing or corrupt file or a manifest that does not match is a clear error."""
+def load_index(path: Path | str, device: str = "auto"):
+    """Open an index folder; a missing or corrupt file or a manifest that does not match is a clear error.
+
+    A sharded index (``indexes.sharded``) opens as a ``ShardedIndexHandle`` searching its shards here.
+    """
     folder = Path(path)
+    from retrieval.indexes.sharded import ShardedIndexHandle, is_sharded
+
+    manifest = read_manifest(folder)
+    if is_sharded(manifest):
+        return ShardedIndexHandle(folder, manifest, device)
     index, manifest, rows = read_folder(folder)
     if manifest.get("stores_vectors"):
         prepare_direct_map(index)
@@ -171,17 +180,20 @@ class IndexHandle:
                 runner = backend if cap is None or wanted <= cap else FAISS_CPU
                 return self._run(runner, queries, wanted, nprobe, ef_search, notes)
 
-            distances, rows = exact_topk(candidates, self.index, q, k, self.metric, kc)
+            keys, rows = exact_topk_keys(candidates, self.index, q, k, self.metric, kc)
         else:
             raw, rows = self._run(backend, q, kc, nprobe, ef_search, notes)
             raw, rows, fill_notes = fill_missing(self.index, q, raw, rows, nprobe, ef_search, wanted_k=k)
             notes.extend(fill_notes)
             if self.stores_vectors:
-                distances, rows = exact_rerank(self.index, q, rows, k, self.metric)
+                keys, rows = exact_rerank_keys(self.index, q, rows, k, self.metric)
             else:
+                keys = None
                 distances, rows = order_approximate(raw, rows, k, self.metric)
+        if keys is not None:
+            distances = key_to_distance(keys, self.metric)
         params = {"k": k, "nprobe": nprobe, "ef_search": ef_search, "backend": backend}
-        return SearchResult(distances, rows, params, tuple(notes))
+        return SearchResult(distances, rows, params, tuple(notes), keys)
 
     def _run(self, backend: str, q: np.ndarray, kc: int, nprobe, ef_search, notes: list[str]):
         if backend == FAISS_GPU:

@@ -41,12 +41,17 @@ RERANK_BLOCK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Top-k of each query: distances (n, k) float32, smaller = closer; rows (n, k) int64 gallery rows."""
+    """Top-k of each query: distances (n, k) float32, smaller = closer; rows (n, k) int64 gallery rows.
+
+    ``keys``: the exact ranking keys of the answers (``indexes.distance``) when the index re-ranks
+    exactly (stored vectors), else None; lists from several shards merge by (key, row).
+    """
 
     distances: np.ndarray
     rows: np.ndarray
     params: dict  # the search parameters used (nprobe / ef_search, k, backend)
     notes: tuple[str, ...] = ()  # fallbacks worth telling the user, never printed here
+    keys: np.ndarray | None = None
 
 
 def ivf_of(index: faiss.Index):
@@ -155,6 +160,18 @@ def _core_metric(metric: str) -> Metric:
     return metric_from_name(metric)
 
 
+def merge_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's first ``k`` over several lists of (values, global rows), by (value, row).
+
+    With exact keys as values (flat indexes: each part an exact top-k of its rows) the result is
+    the exact top-k of all the rows together: a sharded flat index answers as one flat index.
+    """
+    values = np.concatenate([v for v, _ in parts], axis=1)
+    rows = np.concatenate([r for _, r in parts], axis=1)
+    order = np.lexsort((rows, values), axis=-1)[:, :k]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
 def order_approximate(raw: np.ndarray, rows: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """faiss scores -> distances, ordered by (distance, row) per query, first k kept."""
     dist = distances_from_faiss(raw, metric)
@@ -206,7 +223,14 @@ def fill_missing(
 
 
 def exact_topk(search, index, queries: np.ndarray, k: int, metric: str, first_kc: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of an exact (flat) index: candidates from ``search(queries, kc)``, re-ranked exactly.
+    """Exact top-k (distances, rows) of an exact (flat) index (see :func:`exact_topk_keys`)."""
+    keys, rows = exact_topk_keys(search, index, queries, k, metric, first_kc)
+    return key_to_distance(keys, _core_metric(metric)), rows
+
+
+def exact_topk_keys(search, index, queries: np.ndarray, k: int, metric: str, first_kc: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of an exact (flat) index: candidates from ``search(queries, kc)``, re-ranked exactly;
+    returns the exact keys and rows.
 
     Every row outside the kc candidates scored at least the last candidate's float32 score, so
     its exact key is at least that score's lower bound (``lowest_key_beyond``). A query whose
@@ -228,7 +252,7 @@ def exact_topk(search, index, queries: np.ndarray, k: int, metric: str, first_kc
             break
         todo = todo[~(kk[:, -1].astype(np.float64) < floor.lowest_key_beyond(todo, raw[:, -1]))]
         kc = min(count, kc * 2)
-    return key_to_distance(keys, core), rows
+    return keys, rows
 
 
 class _ScoreFloor:

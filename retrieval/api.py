@@ -227,7 +227,7 @@ def evaluation_options(
 
 def evaluate(
     query_embeddings,
-    gallery_embeddings,
+    gallery_embeddings=None,
     query_pid=None,
     gallery_pid=None,
     query_camid=None,
@@ -236,6 +236,7 @@ def evaluate(
     query_ids=None,
     gallery_ids=None,
     progress=None,
+    ray: str | None = None,
     **options,
 ) -> EvaluationResult:
     """Evaluate query embeddings against gallery embeddings under a named protocol.
@@ -251,8 +252,18 @@ def evaluate(
     ("mean" | "max": queries pooled over identity and camera), ``max_rank``, ``keep_top``,
     ``cmc_mode``, ``repeats``, ``seed``, ``ci``, ``device`` (used by every stage, re-ranking
     included), ``block_rows``.
+    Files: ``query_embeddings`` may be a path (a Parquet file or a folder of them), the gallery
+    then its ``gallery`` split or ``gallery_embeddings`` (another path), as ``retrieve evaluate``
+    takes them (protocol default ``market``). ``ray`` (``"local:4"``, ``"auto"``, ``"HOST:PORT"``)
+    ranks over gallery shards on a Ray cluster, with the same results (``retrieval.distributed``).
     """
     from retrieval.jobs.evaluate import evaluate as run_evaluation
+
+    if isinstance(query_embeddings, (str, Path)):
+        return _evaluate_paths(Path(query_embeddings), gallery_embeddings, ray, progress, options)
+    if ray is not None:
+        raise RetrieveError("ray= needs file paths (a Parquet file or folder) for the queries and gallery, "
+                            "so that the workers read the gallery themselves")
 
     queries = labelled(query_embeddings, query_pid, query_camid, query_ids, "queries")
     gallery = labelled(gallery_embeddings, gallery_pid, gallery_camid, gallery_ids, "gallery")
@@ -260,3 +271,21 @@ def evaluate(
         raise RetrieveError("evaluation needs identities: give query_pid and gallery_pid (or embeddings with a pid column)")
     return EvaluationResult(run_evaluation(queries, gallery, evaluation_options(queries, gallery, **options),
                                            progress=progress))
+
+
+def _evaluate_paths(embeddings: Path, gallery, ray: str | None, progress, options: dict) -> EvaluationResult:
+    """``evaluate`` on files, through the job ``retrieve evaluate`` runs (optionally on Ray)."""
+    from retrieval.distributed.cluster import cluster_for
+    from retrieval.jobs.evaluate import evaluate_files
+
+    query_split, gallery_split = options.pop("query_split", None), options.pop("gallery_split", None)
+    rerank = options.pop("rerank", False)
+    keys = dict(k1=options.pop("k1", 20), k2=options.pop("k2", 6), lambda_=options.pop("lambda_", 0.3),
+                distance=options.pop("rerank_distance", "squared"), exclude_junk=options.pop("rerank_exclude_junk", False))
+    names = {"ap_variant": "ap"}
+    job = EvaluateOptions(**{names.get(k, k): (tuple(v) if k == "junk_pids" else v) for k, v in options.items()},
+                          rerank=RerankOptions(**keys) if rerank else None)
+    with cluster_for(ray) as cluster:
+        evaluation = evaluate_files(embeddings, None if gallery is None else Path(gallery), query_split, gallery_split,
+                                    job, progress, cluster=cluster)
+    return EvaluationResult(evaluation)

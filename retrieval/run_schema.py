@@ -35,9 +35,10 @@ RUN_TABLES = ("metrics", "per_query", "rankings", "curves", "folds", "epochs", "
 
 # run.json, in this order: written by runs.write_run (the first three) and by the jobs.
 RECORD_FIELDS = ("format_version", "run_id", "created", "kind", "command", "parameters", "inputs", "versions",
-                 "timings", "result")
-# Fields two runs of the same command on the same data may differ in (the parity test ignores them).
-VOLATILE_FIELDS = ("created", "command", "timings")
+                 "timings", "result", "cluster")
+# Fields two runs of the same command on the same data may differ in (the parity test ignores them);
+# ``cluster`` (only in runs made with --ray) says where it ran: Ray address, nodes, CPUs, shards.
+VOLATILE_FIELDS = ("created", "command", "timings", "cluster")
 
 # The stages of an evaluation, in order: the last one present is the final one.
 STAGES = ("plain", "expansion", "rerank")
@@ -167,10 +168,15 @@ def resolve_input(inputs: Mapping[str, Any], name: str, run_dir: Path | None = N
 
 
 def run_record(kind: str, command: str, parameters: Mapping[str, Any], inputs: Mapping[str, Any],
-               timings: Mapping[str, float], result: Mapping[str, Any]) -> dict[str, Any]:
-    """A run.json record (the fields after format_version, run_id and created, which write_run adds)."""
-    return {"kind": kind, "command": command, "parameters": dict(parameters), "inputs": dict(inputs),
-            "versions": library_versions(), "timings": dict(timings), "result": dict(result)}
+               timings: Mapping[str, float], result: Mapping[str, Any],
+               cluster: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A run.json record (the fields after format_version, run_id and created, which write_run adds);
+    ``cluster`` only for a run made on a Ray cluster."""
+    record = {"kind": kind, "command": command, "parameters": dict(parameters), "inputs": dict(inputs),
+              "versions": library_versions(), "timings": dict(timings), "result": dict(result)}
+    if cluster is not None:
+        record["cluster"] = dict(cluster)
+    return record
 
 
 # ------------------------------------------------------------------------------- ranking tables

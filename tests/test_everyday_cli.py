@@ -60,16 +60,15 @@ def test_show_text_numbers_by_kept_rank_and_flags_junk(evaluated: Path, capsys):
     capsys.readouterr()
     assert run(["show", str(evaluated), "q", "--top", "6", "--json"]) == 0
     items = json.loads(capsys.readouterr().out)["queries"][0]["items"]
-    # the junk identity (pid -1) never enters a ranking; the same-camera twin is kept and flagged
     assert [(i["gallery_id"], i["rank"], i["status"]) for i in items] == [
-        ("twin", None, "junk"), ("m1", 1, "match"), ("s1", 2, "non-match"), ("m2", 3, "match"),
-        ("s2", 4, "non-match"), ("g_gone", 5, "non-match")]
-    assert items[1]["distance"] == pytest.approx(3.0) and items[1]["path"].endswith("images/m1.png")
+        ("twin", None, "junk"), ("junk", None, "junk"), ("m1", 1, "match"), ("s1", 2, "non-match"),
+        ("m2", 3, "match"), ("s2", 4, "non-match")]
+    assert items[2]["distance"] == pytest.approx(3.0) and items[2]["path"].endswith("images/m1.png")
     assert run(["show", str(evaluated), "q", "--top", "3", "--text"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("query q · AP") and lines[1].split() == ["rank", "gallery_id", "distance", "status", "path"]
     assert lines[3].split()[:3] == ["twin", "1.0000", "junk"]  # no rank number for junk
-    assert lines[4].split()[:4] == ["1", "m1", "3.0000", "match"]
+    assert lines[5].split()[:4] == ["1", "m1", "3.0000", "match"]
 
 
 def test_show_draws_a_png_with_one_warning_for_missing_images(evaluated: Path, tmp_path: Path, capsys):
@@ -80,7 +79,7 @@ def test_show_draws_a_png_with_one_warning_for_missing_images(evaluated: Path, t
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 400
     said = [line for line in captured.err.splitlines() if "warning" in line]
-    assert len(said) == 1 and "1 of 7 images of run run1 were not found" in said[0] and "g_gone" in said[0]
+    assert len(said) == 1 and "1 of 8 images of run run1 were not found" in said[0] and "g_gone" in said[0]
     assert run(["show", "run1", "r", "--out", str(out)]) == 1  # exclusive unless --overwrite
     assert "already exists" in capsys.readouterr().err
     assert run(["show", "run1", "--worst", "2", "--out", str(tmp_path / "worst.png"), "--overwrite"]) == 0

@@ -273,3 +273,24 @@ def test_rows_split_by_the_candidate_budget_give_the_same_result(monkeypatch):
     monkeypatch.setattr(ranking, "CANDIDATE_BUDGET", 60)  # a few rows per group, single rows too
     same_result(evaluate(source, d, block_rows=16), reference)
     same_result(evaluate(AnyKernel(source, 5, edge=True), d, block_rows=16), reference)
+
+
+def test_dropping_junk_columns_from_the_computation_changes_no_rank(monkeypatch):
+    import retrieval.eval.evaluate as evaluate_module
+
+    d = clustered_data(11)
+    source = EmbeddingDistances(d["q"], d["g"])
+    full = evaluate(source, d)
+    monkeypatch.setattr(evaluate_module, "DROP_JUNK_COLUMNS", True)
+    dropped = evaluate(source, d)
+    assert dropped.to_dict() == full.to_dict() and dropped.per_query.equals(full.per_query)
+    junk_ids = {f"g{i}" for i in np.flatnonzero(d["gpid"] == -1)}
+    kept = [row for row in full.rankings.to_pylist() if row["gallery_id"] not in junk_ids]
+    by_query = {}
+    for row in kept:
+        by_query.setdefault(row["query_id"], []).append(row["gallery_id"])
+    for row in dropped.rankings.to_pylist():  # the same order, junk-pid items left out
+        assert row["gallery_id"] not in junk_ids
+    for query, ids in by_query.items():
+        got = [r["gallery_id"] for r in dropped.rankings.to_pylist() if r["query_id"] == query]
+        assert got[:len(ids)] == ids[:len(got)]

@@ -131,7 +131,7 @@ def test_sixty_concurrent_writers_of_one_out(small: Path, tmp_path: Path, overwr
             assert len(lines) == 1 and lines[0].startswith("retrieve: error:") and str(out) in lines[0], result
     wins = sum(result["code"] == 0 for result in results)
     if overwrite:
-        assert wins == WRITERS  # each replaced the previous one in turn, under the lock
+        assert wins == WRITERS, [r["stderr"] for r in results if r["code"]]  # each replaced the previous one in turn, under the lock
     else:
         assert wins == 1  # exactly one created it; the others were refused
         assert all("already" in r["stderr"] for r in results if r["code"] == 1)

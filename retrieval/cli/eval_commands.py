@@ -16,7 +16,7 @@ import typer
 from retrieval.common.metrics import EVAL_METRICS
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
-from retrieval.cli.options import OVERWRITE_HELP, at_least, parse_cmc_ranks, parse_junk_pids
+from retrieval.cli.options import OVERWRITE_HELP, RAY_HELP, at_least, parse_cmc_ranks, parse_junk_pids
 
 
 MetricName = Enum("MetricName", {name: name for name in EVAL_METRICS}, type=str)  # the distance core's names
@@ -148,10 +148,10 @@ def _value(result, key) -> Optional[float]:
 @app.command("evaluate")
 def evaluate_command(
     ctx: typer.Context,
-    embeddings: Path = typer.Argument(..., help="Embeddings Parquet file holding the queries (and usually the gallery)."),
+    embeddings: Path = typer.Argument(..., help="Embeddings Parquet file (or folder of Parquet files) holding the queries (and usually the gallery)."),
     query_split: Optional[str] = typer.Option(None, help="Split of the queries (default: query; leave-one-out: all rows)."),
     gallery_split: Optional[str] = typer.Option(None, help="Split of the gallery (default: gallery; with --gallery: all rows of that file; leave-one-out: the queries)."),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Take the gallery from another embeddings file."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Take the gallery from another embeddings file (or folder of Parquet files)."),
     metric: Optional[MetricName] = typer.Option(None, help="Distance (default: euclidean)."),
     protocol: ProtocolName = typer.Option(ProtocolName.market, help="market: same pid & camid junk; no-camera; leave-one-out: only the item itself removed (by id)."),
     junk_pids: str = typer.Option("-1", help="Comma-separated junk identities removed from every ranking ('none' for none)."),
@@ -182,9 +182,11 @@ def evaluate_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace folder (default: $RETRIEVE_WORKSPACE or ./retrieve-runs)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (values as fractions) instead of the table."),
+    ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),
 ) -> None:
     """Evaluate queries against a gallery: CMC, mAP, mINP, mAP@R (Market-1501 protocol by default; ties by gallery row order)."""
     from retrieval.console import print_json, say
+    from retrieval.distributed.cluster import cluster_for
     from retrieval.jobs.evaluate import EvaluateOptions, IndexOptions, RerankOptions, evaluate_files, save
     from retrieval.jobs.expand import expansion_option
     from retrieval.progress import stage_progress
@@ -202,8 +204,8 @@ def evaluate_command(
     )
     options.check()
     run_dir = check_run_target(out if out is not None else new_run_dir(workspace, "evaluate"), overwrite=overwrite)
-    with stage_progress(quiet=json_out) as progress:
-        evaluation = evaluate_files(embeddings, gallery, query_split, gallery_split, options, progress)
+    with cluster_for(ray) as cluster, stage_progress(quiet=json_out) as progress:
+        evaluation = evaluate_files(embeddings, gallery, query_split, gallery_split, options, progress, cluster=cluster)
     save(evaluation, run_dir, command=command_line(ctx), overwrite=overwrite)
     say(evaluation.notes)
     if json_out:

@@ -13,7 +13,7 @@ import typer
 
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
-from retrieval.cli.options import parse_junk_pids
+from retrieval.cli.options import RAY_HELP, parse_junk_pids
 from retrieval.console import err_console, print_json, say, stdout_console
 from retrieval.progress import stage_progress
 
@@ -36,7 +36,7 @@ class MetricName(str, Enum):
 
 @app.command("build-index")
 def build_index_command(
-    embeddings: Path = typer.Argument(..., help="Embeddings Parquet file holding the gallery."),
+    embeddings: Path = typer.Argument(..., help="Embeddings Parquet file (or folder of Parquet files) holding the gallery."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (index.faiss, manifest.json, rows.parquet)."),
     split: Optional[str] = typer.Option(None, help="Split to index [default: gallery, or every row when the file has no split column]."),
     kind: Optional[IndexKind] = typer.Option(None, help="Named index kind with sensible defaults [default: flat]."),
@@ -51,15 +51,21 @@ def build_index_command(
     seed: int = typer.Option(0, help="Seed of the training sample and k-means."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder (default: refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    shards: Optional[int] = typer.Option(None, "--shards", help="Build a sharded index: S shards, one index file each, one quantizer trained on a sample of all rows."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="With --shards: build the shards on Ray. " + RAY_HELP),
 ) -> None:
-    """Build a faiss index of the gallery embeddings (streamed from the file in batches)."""
+    """Build a faiss index of the gallery embeddings (streamed from the file or folder in batches)."""
+    from retrieval.distributed.cluster import cluster_for
     from retrieval.jobs.index import BuildOptions, build
 
     options = BuildOptions(kind=kind.value if kind else None, factory=factory, metric=metric.value, nlist=nlist,
                            pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m, train_size=train_size, device=device.value,
-                           seed=seed, split=split)
-    with stage_progress(quiet=json_out) as progress:
-        result = build(embeddings, out, options, overwrite=overwrite, progress=progress)
+                           seed=seed, split=split, shards=shards)
+    options.check()
+    if ray is not None and shards is None:
+        raise typer.BadParameter("--ray builds a sharded index: give --shards S as well", param_hint="--ray")
+    with cluster_for(ray) as cluster, stage_progress(quiet=json_out) as progress:
+        result = build(embeddings, out, options, overwrite=overwrite, progress=progress, cluster=cluster)
     manifest = result.manifest
     if json_out:
         print_json({"index": str(out), "manifest": manifest, "warnings": result.warnings, "notes": result.notes})
@@ -67,8 +73,9 @@ def build_index_command(
     say(result.warnings, "warning")
     say(result.notes, "note")
     defaults = ", ".join(f"{k} {v}" for k, v in manifest["search_defaults"].items()) or "none"
+    sharded = f" in {len(manifest['shards'])} shards" if manifest.get("shards") else ""
     stdout_console().print(
-        f"built {manifest['factory']} ({manifest['metric']}) of {manifest['count']} × {manifest['dim']} "
+        f"built {manifest['factory']} ({manifest['metric']}) of {manifest['count']} × {manifest['dim']}{sharded} "
         f"in {manifest['build_seconds']:.2f} s -> {out}  [search defaults: {defaults}]",
         markup=False,
     )
@@ -95,18 +102,21 @@ def search_command(
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace for the run folder [default: $RETRIEVE_WORKSPACE or ./retrieve-runs]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (default: refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Search a sharded index's shards on Ray. " + RAY_HELP),
 ) -> None:
     """Search an index with queries (a file, or one vector); prints the top-k ids and distances,
     writes a results table (--out) and a run folder (kind "search")."""
     from retrieval.jobs.inputs import query_set
+    from retrieval.distributed.cluster import cluster_for
     from retrieval.jobs.search import SearchOptions, save, search
     from retrieval.workspace import new_run_dir
 
     options = SearchOptions(k=k, nprobe=nprobe, ef_search=ef_search, split=split, device=device.value,
                             protocol=protocol.value if protocol else None, junk_pids=parse_junk_pids(junk_pids))
     given = query_set(queries, split=split, ids=ids, vector=vector, vector_file=vector_file)
-    with stage_progress(quiet=json_out) as progress:
-        outcome = search(index_dir, given, options, out=out, overwrite=overwrite, progress=progress)
+    with cluster_for(ray) as cluster, stage_progress(quiet=json_out) as progress:
+        outcome = search(index_dir, given, options, out=out, overwrite=overwrite, progress=progress,
+                         cluster=cluster)
     run_dir = new_run_dir(workspace, "search")
     command = "retrieve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = save(outcome, run_dir, out, command=command, overwrite=overwrite)
@@ -223,6 +233,9 @@ def index_info_command(
         ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
         ("size", f"{sum(sizes.values()) / 1e6:.1f} MB"),
     ]
+    if manifest.get("shards"):
+        counts = [str(r["count"]) for r in manifest["shards"]]
+        lines.append(("shards", f"{len(counts)} (rows {', '.join(counts[:8])}{' …' if len(counts) > 8 else ''})"))
     if manifest.get("tuned"):
         t = manifest["tuned"]
         lines.append(("tuned", f"{t.get('parameter')} {t.get('value')} for recall@{t.get('k')} {t.get('recall'):.4f}"))

@@ -55,3 +55,7 @@ def parse_fars(text: str, name: str = "FAR", option: str = "--far") -> tuple[flo
 
 
 OVERWRITE_HELP = "Replace an existing output (default: an existing --out is refused)."
+
+RAY_HELP = ("Run on Ray (needs retrieve[ray]): local[:N] starts Ray on this machine with N CPUs for this command; "
+            "auto joins the cluster RAY_ADDRESS names (else the `ray start` head here); HOST:PORT joins that cluster. "
+            "Results are identical to one process.")

@@ -14,7 +14,7 @@ import typer
 
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
-from retrieval.cli.options import OVERWRITE_HELP, parse_fars, parse_junk_pids
+from retrieval.cli.options import OVERWRITE_HELP, RAY_HELP, parse_fars, parse_junk_pids
 from retrieval.console import err_console, print_json, stdout_console
 from retrieval.progress import stage_progress
 
@@ -56,8 +56,10 @@ def verify_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: a new folder in the workspace)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="Workspace folder (default $RETRIEVE_WORKSPACE or ./retrieve-runs)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    ray: Optional[str] = typer.Option(None, "--ray", help="With --trials: " + RAY_HELP),
 ) -> None:
     """Verification metrics: exact ROC (TAR vs FAR), AUC, EER, TAR@FAR and LFW-style k-fold accuracy."""
+    from retrieval.distributed.cluster import cluster_for
     from retrieval.jobs.verify import VerifyOptions, save, verify
     from retrieval.runs import check_run_target
     from retrieval.workspace import new_run_dir
@@ -74,8 +76,8 @@ def verify_command(
     )
     options.check()
     run_dir = check_run_target(out if out is not None else new_run_dir(workspace, "verify"), overwrite=overwrite)
-    with stage_progress(quiet=json_output) as progress:
-        verification = verify(embeddings, options, progress)
+    with cluster_for(ray) as cluster, stage_progress(quiet=json_output) as progress:
+        verification = verify(embeddings, options, progress, cluster=cluster)
     save(verification, run_dir, command=verification.command_line(embeddings), overwrite=overwrite)
     summary = {**verification.result.to_dict(), "run_dir": str(run_dir)}
     if json_output:

@@ -160,6 +160,7 @@ class Evaluation:
     unexpanded: Any = None  # the ranking before expansion (None: not expanded)
     expansion: dict | None = None  # eval.expansion.Expansion.to_dict() of the expansion that ran
     multi_query: dict | None = None  # eval.multi_query.PooledQueries.to_dict() of the pooling
+    cluster: dict | None = None  # where it ran, when on a Ray cluster (run.json "cluster")
 
     @property
     def reranked(self) -> bool:
@@ -200,11 +201,12 @@ def _headline(result) -> dict[str, Any]:
 
 def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options: EvaluateOptions, *,
              index_handle=None, splits: dict | None = None, inputs: dict | None = None,
-             progress: ProgressCallback | None = None) -> Evaluation:
+             progress: ProgressCallback | None = None, cluster=None) -> Evaluation:
     """Run the evaluation ``options`` describe on labelled queries and gallery.
 
     ``gallery`` may be None in top-k mode when only the index holds it (no re-ranking then).
-    ``index_handle``: an opened index (else ``options.index.path`` is opened when given).
+    ``index_handle``: an opened index (else ``options.index.path`` is opened when given; a sharded
+    one searched on ``cluster`` when given).
     """
     from retrieval.eval.distances import resolve_device
 
@@ -224,7 +226,7 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     if options.index is not None or index_handle is not None:
         if options.expand is not None:
             raise OptionError("--expand needs the embeddings' full rankings, not an index's top-k lists", "--expand")
-        plain = _index_stage(queries, gallery, options, index_handle, notes, progress)
+        plain = _index_stage(queries, gallery, options, index_handle, notes, progress, cluster)
         timings["index_search_and_rank"] = time.perf_counter() - clock
     else:
         plain = _ranking_stage(embedding_source(queries, gallery, options, compute_device), queries, gallery, options,
@@ -250,7 +252,7 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
                       rerank_params=rerank_params, ci=ci, splits=dict(splits or {"query_split": None, "gallery_split": None}),
                       inputs=dict(inputs or default_inputs(queries, gallery)), timings=timings, notes=tuple(notes),
                       unexpanded=unexpanded, expansion=options.expand.to_dict() if options.expand else None,
-                      multi_query=multi_query)
+                      multi_query=multi_query, cluster=None if cluster is None else cluster.describe())
 
 
 def _pooled(queries: LabelledVectors, gallery, options: EvaluateOptions, notes: list[str]):
@@ -270,19 +272,27 @@ def _expansion_stage(queries, gallery, options: EvaluateOptions, device: str, pr
 
 
 def evaluate_files(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
-                   options: EvaluateOptions, progress: ProgressCallback | None = None) -> Evaluation:
-    """Read the queries and gallery the split rules select (``jobs.inputs``) and evaluate them."""
+                   options: EvaluateOptions, progress: ProgressCallback | None = None, cluster=None) -> Evaluation:
+    """Read the queries and gallery the split rules select (``jobs.inputs``) and evaluate them.
+
+    ``cluster`` (``retrieval.distributed.cluster.Cluster``): rank over gallery shards on Ray; the
+    gallery is read by the workers, never here (``evaluate_on_cluster``), with the same results.
+    """
     from retrieval.jobs.inputs import evaluation_sets
 
     options.check()
+    options, note = with_data_cmc_mode(options, embeddings)
+    if cluster is not None and options.index is None:
+        evaluation = evaluate_on_cluster(embeddings, gallery_file, query_split, gallery_split, options, cluster,
+                                         progress)
+        return replace(evaluation, notes=(note, *evaluation.notes)) if note else evaluation
     clock = time.perf_counter()
     index = None if options.index is None else options.index.path
     sets = evaluation_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol,
                            need_gallery=index is None or options.rerank is not None, index=index)
     seconds = time.perf_counter() - clock
-    options, note = with_data_cmc_mode(options, embeddings)
     evaluation = evaluate(sets.queries, sets.gallery, options, splits=sets.splits, inputs=sets.inputs,
-                          progress=progress)
+                          progress=progress, cluster=cluster)
     if note:
         evaluation = replace(evaluation, notes=(note, *evaluation.notes))
     return with_timing(evaluation, "load", seconds)
@@ -301,6 +311,43 @@ def with_data_cmc_mode(options: EvaluateOptions, embeddings: Path) -> tuple[Eval
     note = (f"CMC {mode}: the default of this data set's layout (retrieve.cmc_mode in {embeddings.name}); "
             f"--cmc-mode {DEFAULT_CMC_MODE} for Market-style CMC")
     return replace(options, cmc_mode=mode), note
+
+
+def evaluate_on_cluster(embeddings: Path, gallery_file: Path | None, query_split: str | None,
+                        gallery_split: str | None, options: EvaluateOptions, cluster,
+                        progress: ProgressCallback | None = None) -> Evaluation:
+    """``evaluate_files`` on a Ray cluster: the queries are read here, the gallery by the workers."""
+    from retrieval.distributed.evaluate import EvaluationPlan, evaluate_on_cluster as run_on_cluster
+    from retrieval.eval.distances import resolve_device
+    from retrieval.jobs.inputs import distributed_sets
+
+    if options.cmc_mode != "multi-gallery-shot":
+        raise OptionError("single-gallery-shot CMC samples one item per identity over the whole gallery; it is not "
+                          "available with --ray", "--cmc-mode")
+    if options.expand is not None or options.multi_query is not None:
+        raise OptionError("query expansion, DBA and multi-query pooling need the whole gallery in one process; "
+                          "they are not available with --ray", "--expand" if options.expand is not None else "--multi-query")
+    clock = time.perf_counter()
+    sets = distributed_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol, need_gallery=True,
+                            min_parts=cluster.workers)
+    load_seconds = time.perf_counter() - clock
+    check_labels([("queries", sets.queries)], options.protocol)
+    compute_device = resolve_device(options.device)
+    rerank = options.rerank
+    plan = EvaluationPlan(
+        metric=options.distance, protocol=options.protocol, junk_pids=tuple(options.junk_pids), ap_variant=options.ap,
+        max_rank=options.stored_ranks, keep_top=options.keep_top, block_rows=options.block_rows,
+        device="cpu" if compute_device == "cpu" else options.device,  # a GPU here: the workers resolve theirs
+        rerank=None if rerank is None else {"k1": rerank.k1, "k2": rerank.k2, "lambda_": rerank.lambda_,
+                                            "distance": rerank.distance, "exclude_junk": rerank.exclude_junk},
+    )
+    done = run_on_cluster(sets.queries, sets.gallery, plan, progress)
+    notes: list[str] = []
+    ci = confidence_intervals(done.final, options.ci, options.seed, notes) if options.ci is not None else None
+    return Evaluation(final=done.final, plain=done.plain, options=options, compute_device=compute_device,
+                      rerank_params=done.rerank_params, ci=ci, splits=sets.splits, inputs=sets.inputs,
+                      timings={"load": load_seconds, **done.timings}, notes=tuple(notes),
+                      cluster={**cluster.describe(), "shards": len(sets.gallery.parts)})
 
 
 def default_inputs(queries: LabelledVectors, gallery: LabelledVectors | None) -> dict[str, Any]:
@@ -350,15 +397,15 @@ def rerank_source(queries, gallery, options: EvaluateOptions, device: str, progr
 
 
 def _index_stage(queries: LabelledVectors, gallery: LabelledVectors | None, options: EvaluateOptions, handle,
-                 notes: list[str], progress):
+                 notes: list[str], progress, cluster=None):
     """Search the index with the queries and score its top-k lists (AP labelled mAP@k)."""
     from retrieval.eval.evaluate import evaluate_topk
 
     index = options.index or IndexOptions(path=Path(handle.path))
     if handle is None:
-        from retrieval.indexes.store import load_index
+        from retrieval.distributed.index import open_index
 
-        handle = load_index(index.path, device=options.device)
+        handle = open_index(index.path, device=options.device, cluster=cluster, progress=progress)
     if options.metric is not None:
         handle.check_metric(options.metric)
     if gallery is not None and gallery.vectors.shape[1] > 0:
@@ -434,7 +481,8 @@ def save(evaluation: Evaluation, run_dir: Path, *, command: str, overwrite: bool
     from retrieval.runs import write_run
 
     result = {**evaluation.summary(), "run_dir": str(run_dir)}
-    record = run_record("evaluate", command, evaluation.parameters(), evaluation.inputs, evaluation.timings, result)
+    record = run_record("evaluate", command, evaluation.parameters(), evaluation.inputs, evaluation.timings, result,
+                        cluster=evaluation.cluster)
     return write_run(run_dir, record, evaluation.tables(), overwrite=overwrite)
 
 

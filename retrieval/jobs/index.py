@@ -50,25 +50,38 @@ class BuildOptions:
     device: str = "auto"
     seed: int = 0
     split: str | None = None  # default: gallery when the file has splits, else every row
+    shards: int | None = None  # a sharded index (indexes.sharded) of this many shards
 
     def check(self) -> None:
         if self.kind is not None and self.factory is not None:
             raise OptionError("give --kind or --factory, not both", "--factory")
-        for name in ("nlist", "pq_m", "pq_bits", "hnsw_m", "train_size"):
+        for name in ("nlist", "pq_m", "pq_bits", "hnsw_m", "train_size", "shards"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise OptionError(f"must be at least 1, got {value}", f"--{name.replace('_', '-')}", name)
 
 
 def build(embeddings: Path, out: Path, options: BuildOptions, *, overwrite: bool,
-          progress: ProgressCallback | None = None):
-    """Build the index of one split of a file into ``out`` (an existing index only with ``overwrite``)."""
+          progress: ProgressCallback | None = None, cluster=None):
+    """Build the index of one split of a file (or folder) into ``out`` (an existing index only with
+    ``overwrite``). With ``options.shards``: a sharded index, its shards built on ``cluster`` when
+    given (``retrieval.distributed.index``), else one after the other here."""
     from retrieval.indexes.store import build_index
 
     options.check()
-    if not embeddings.is_file():
+    if not embeddings.exists():
         raise FileNotFoundError(2, "no such file", str(embeddings))
     split = default_split(embeddings, options.split, "gallery")
+    if options.shards is not None:
+        from retrieval.distributed.index import build_sharded
+
+        return build_sharded(
+            embeddings, out, split=split, shards=options.shards, kind=options.kind or "flat", factory=options.factory,
+            metric=options.metric, nlist=options.nlist, pq_m=options.pq_m, pq_bits=options.pq_bits,
+            hnsw_m=options.hnsw_m, seed=options.seed, train_size=options.train_size, device=options.device,
+            overwrite=overwrite, cluster=cluster, progress=progress)
+    if cluster is not None:
+        raise OptionError("--ray builds a sharded index: give --shards S as well", "--shards")
     batches = FileBatches(embeddings, split)
     return build_index(
         out, batches, kind=options.kind or "flat", factory=options.factory, metric=options.metric, nlist=options.nlist,
@@ -99,6 +112,9 @@ def tune(index_dir: Path, queries: Path, *, split: str | None = None, target_rec
     if not 0 < target_recall <= 1:
         raise OptionError(f"must be in (0, 1], got {target_recall}", "--target-recall")
     handle = load_index(index_dir, device="cpu")
+    if handle.manifest.get("shards"):
+        raise OptionError("a sharded index is not tuned as a whole yet; pass --nprobe / --ef-search to search",
+                          "index_dir")
     query_emb, _ = read_split(queries, split, "query")
     gallery = _gallery_for_tuning(handle, embeddings)
     result = sweep(handle, query_emb.vectors, k=k, target_recall=target_recall, gallery=gallery, progress=progress)
@@ -131,7 +147,9 @@ def describe(index_dir: Path) -> dict[str, Any]:
     from retrieval.indexes.store import load_index
 
     handle = load_index(index_dir, device="cpu")
-    sizes = {p.name: p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file() and not p.name.startswith(".")}
+    folder = Path(index_dir)
+    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
     return {"path": str(index_dir), **dict(handle.manifest), "file_bytes": sizes}
 
 

@@ -6,6 +6,10 @@
 * ``search`` / ``tune`` / ``build-index``: the split asked; else ``query`` (``gallery`` for
   build-index) when the file has a split column; else every row.
 * ``verify --trials``: the ``query`` and ``gallery`` splits.
+
+Wherever a file is named, a folder of Parquet files (``data.dataset``) is accepted too. A
+distributed job (``--ray``) takes the same rows, but its gallery stays where it is: a
+``GalleryView`` (the split of a data set, read part by part by the workers), never loaded here.
 """
 
 from __future__ import annotations
@@ -18,14 +22,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retrieval.data.errors import DataError
 from retrieval.labels import LabelledVectors, labelled
 from retrieval.run_schema import input_paths
 
 
 def has_split_column(path: Path) -> bool:
+    """Whether the file (or the first file of a folder) has a ``split`` column."""
     try:
+        if Path(path).is_dir():
+            from retrieval.data.dataset import dataset_files
+
+            path = dataset_files(path)[0]
         return "split" in pq.read_schema(path).names
-    except (OSError, pa.ArrowInvalid):
+    except (OSError, pa.ArrowInvalid, ValueError):
         return False  # read_embeddings will name the problem
 
 
@@ -40,7 +50,7 @@ def read_split(path: Path, split: str | None, default: str):
     """(Embeddings of the chosen split, the split chosen) of one file (see ``default_split``)."""
     from retrieval.data.store import read_embeddings
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(2, "no such file", str(path))
     chosen = default_split(path, split, default)
     return read_embeddings(path, splits=chosen), chosen
@@ -119,7 +129,7 @@ def query_set(path: Path | None = None, *, split: str | None = None, ids: Path |
     if vector_file is not None:
         return _array_queries(_load_array(vector_file), None, vector_file, "--vector-file")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if suffix == ".parquet" or Path(path).is_dir():  # a file, or a folder of Parquet files
         emb, chosen = read_split(path, split, "query")
         return QuerySet(labelled(emb, name="queries"), chosen,
                         {**input_paths(embeddings=path), "content_hash": emb.content_hash()})
@@ -208,3 +218,83 @@ def _read_ids(path: Path, rows: int) -> list[str]:
     if len(ids) != rows:
         raise DataError(f"{path}: {len(ids)} ids for {rows} query vectors")
     return ids
+
+
+# ------------------------------------------------------------------------------------- on a cluster
+
+
+@dataclass
+class DistributedSets:
+    """The queries (read here) and the gallery as a view workers read part by part."""
+
+    queries: LabelledVectors
+    gallery: Any  # retrieval.distributed.shards.GalleryView, or None (index top-k mode without a gallery)
+    splits: dict[str, str | None]
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def distributed_sets(embeddings: Path, gallery_file: Path | None, query_split: str | None, gallery_split: str | None,
+                     protocol: str, need_gallery: bool, index: Path | None = None, min_parts: int = 1) -> DistributedSets:
+    """The rows ``evaluation_sets`` takes, without loading the gallery: one streaming pass over
+    ``embeddings`` keeps the queries and hashes every row (the same content hash)."""
+    from retrieval.distributed.shards import GalleryView
+
+    loo = protocol == "leave-one-out"
+    chosen_query = None if loo and query_split is None else (query_split or "query")
+    pass_ = streamed(embeddings, keep=chosen_query)
+    if gallery_file is not None:
+        chosen_gallery, source = gallery_split, gallery_file
+    elif loo and gallery_split is None:
+        chosen_gallery, source = chosen_query, embeddings
+    elif need_gallery or gallery_split is not None or "gallery" in pass_.present:
+        chosen_gallery, source = gallery_split or "gallery", embeddings
+    else:
+        chosen_gallery, source = None, None
+    view = None if source is None else GalleryView.of(source, chosen_gallery, min_parts=min_parts)
+    inputs = {**input_paths(embeddings=embeddings), "content_hash": pass_.content_hash,
+              **input_paths(gallery=gallery_file), **input_paths(index=index)}
+    return DistributedSets(pass_.kept, view, {"query_split": chosen_query, "gallery_split": chosen_gallery}, inputs)
+
+
+@dataclass
+class StreamedPass:
+    """One pass over a data set on the driver: the rows kept, the content hash, the splits seen."""
+
+    kept: LabelledVectors
+    content_hash: str
+    present: set[str]
+    counted: int  # rows of the counted split
+
+
+def streamed(path: Path, keep: str | None, hashed: tuple[str, ...] | None = None,
+             count: str | None = None) -> StreamedPass:
+    """Stream a data set once: keep the rows of split ``keep`` (None: all), hash the rows of the
+    splits ``hashed`` (None: all, in order), count the rows of split ``count``."""
+    from retrieval.data.dataset import open_dataset
+    from retrieval.data.hashing import ContentHasher
+    from retrieval.data.store import concat_embeddings
+
+    dataset = open_dataset(path)
+    for split in {keep, count, *(hashed or ())} - {None}:
+        if not dataset.has_column("split"):
+            raise DataError(f"{path}: no 'split' column, cannot select split '{split}'")
+    hasher, kept, present, counted = ContentHasher(), [], set(), 0
+    for batch in dataset.iter_batches(check_duplicates=False):
+        split = batch.split
+        if split is not None:
+            present.update(split.tolist())
+        hashed_rows = batch if hashed is None else batch.select(np.isin(split, hashed))
+        hasher.update(hashed_rows.ids, hashed_rows.vectors)
+        kept.append(batch if keep is None else batch.select(split == keep))
+        counted += int(np.sum(split == count)) if count is not None else 0
+    rows = concat_embeddings(kept, source=str(path), metadata=dataset.metadata)
+    if len(rows) == 0:
+        raise DataError(f"{path}: split '{keep}' is empty (splits present: {', '.join(sorted(present))})")
+    _check_unique(path, rows.ids)
+    return StreamedPass(labelled(rows, name="queries"), hasher.hexdigest(), present, counted)
+
+
+def _check_unique(source: Path, ids: np.ndarray) -> None:
+    from retrieval.data.store import check_unique_ids
+
+    check_unique_ids(source, ids)

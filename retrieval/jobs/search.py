@@ -52,6 +52,7 @@ class Search:
     options: SearchOptions
     inputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    cluster: dict | None = None  # where it ran, when on a Ray cluster (run.json "cluster")
 
     @property
     def results(self) -> pa.Table:
@@ -82,17 +83,20 @@ class Search:
 
 
 def search(index_dir: Path, queries_file: Path | QuerySet, options: SearchOptions, out: Path | None = None,
-           overwrite: bool = False, progress: ProgressCallback | None = None) -> Search:
+           overwrite: bool = False, progress: ProgressCallback | None = None, cluster=None) -> Search:
     """Search the index with queries (an embeddings file, or a ``jobs.inputs.QuerySet``: .npy / .npz,
-    one vector); ``out`` (checked first) is not written here."""
-    from retrieval.indexes.store import load_index
+    one vector); ``out`` (checked first) is not written here.
+
+    ``cluster``: a sharded index's shards are searched by actors there (``retrieval.distributed.index``).
+    """
+    from retrieval.distributed.index import open_index
 
     options.check()
     if out is not None:
         check_output(out, overwrite=overwrite)
     progress = progress or no_progress
     started = time.perf_counter()
-    handle = load_index(index_dir, device=options.device)
+    handle = open_index(index_dir, device=options.device, cluster=cluster, progress=progress)
     given = queries_file if isinstance(queries_file, QuerySet) else query_set(queries_file, split=options.split)
     queries, split = given.queries, given.split
     timings = {"load": time.perf_counter() - started}
@@ -101,7 +105,8 @@ def search(index_dir: Path, queries_file: Path | QuerySet, options: SearchOption
     timings["search"] = time.perf_counter() - started
     rankings, protocol = rankings_table(handle, queries, found.distances, found.rows, options)
     inputs = {**given.inputs, "gallery_content_hash": handle.manifest.get("content_hash"), **input_paths(index=index_dir)}
-    return Search(handle, queries, split, found, rankings, protocol, options, inputs, timings)
+    described = None if cluster is None else {**cluster.describe(), "shards": len(handle.manifest.get("shards") or [1])}
+    return Search(handle, queries, split, found, rankings, protocol, options, inputs, timings, described)
 
 
 SEARCH_BATCH_ROWS = 512  # queries per call: a progress step, and still a full BLAS / faiss batch
@@ -197,7 +202,8 @@ def save(outcome: Search, run_dir: Path, out: Path | None, *, command: str, over
     if out is not None:
         write_parquet_atomically(outcome.results, out, overwrite=overwrite)
     summary = outcome.summary(run_dir, out)
-    record = run_record("search", command, outcome.parameters(), outcome.inputs, outcome.timings, summary)
+    record = run_record("search", command, outcome.parameters(), outcome.inputs, outcome.timings, summary,
+                        cluster=outcome.cluster)
     record["versions"]["faiss"] = faiss_version()
     write_run(run_dir, record, {"rankings": outcome.rankings}, overwrite=False)
     return summary

@@ -67,6 +67,7 @@ class Verification:
     folds: int | None
     inputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    cluster: dict | None = None  # where it ran, when on a Ray cluster (run.json "cluster")
 
     @property
     def curve(self):
@@ -96,10 +97,18 @@ class Verification:
         return shlex.join(parts)
 
 
-def verify(embeddings: Path, options: VerifyOptions, progress: ProgressCallback | None = None) -> Verification:
+def verify(embeddings: Path, options: VerifyOptions, progress: ProgressCallback | None = None,
+           cluster=None) -> Verification:
+    """Verification metrics; ``cluster`` (``retrieval.distributed.cluster.Cluster``, trials only):
+    the trials counted over gallery shards on Ray, with the same result."""
     options.check()
     if options.pairs is not None:
+        if cluster is not None:
+            raise OptionError("--ray applies to query × gallery trials (--trials); a pairs file is scored here",
+                              "--ray")
         return _verify_pairs(embeddings, options)
+    if cluster is not None:
+        return _verify_trials_on_cluster(embeddings, options, cluster, progress)
     return _verify_trials(embeddings, options, progress or no_progress)
 
 
@@ -147,9 +156,35 @@ def _verify_trials(embeddings: Path, options: VerifyOptions, progress) -> Verifi
     return Verification(result, options, None, inputs, timings)
 
 
+def _verify_trials_on_cluster(embeddings: Path, options: VerifyOptions, cluster, progress) -> Verification:
+    from retrieval.distributed.shards import GalleryView
+    from retrieval.distributed.verify import verify_on_cluster
+    from retrieval.eval.distances import resolve_device
+    from retrieval.jobs.inputs import streamed
+
+    started = time.perf_counter()
+    splits = (options.query_split, options.gallery_split)
+    rows = streamed(embeddings, keep=options.query_split, hashed=splits, count=options.gallery_split)
+    view = GalleryView.of(embeddings, options.gallery_split, min_parts=cluster.workers)
+    if rows.counted == 0:
+        raise view.empty_error()
+    timings = {"read": time.perf_counter() - started}
+    check_labels([(f"{options.query_split} split", rows.kept)], options.protocol)
+    started = time.perf_counter()
+    device = "cpu" if resolve_device(options.device) == "cpu" else options.device
+    result = verify_on_cluster(rows.kept, view, rows.counted, distance=options.distance, protocol=options.protocol,
+                               junk_pids=options.junk_pids, fars=list(options.far), device=device,
+                               progress=progress)
+    timings["metrics"] = time.perf_counter() - started
+    inputs = {**input_paths(embeddings=embeddings), "content_hash": rows.content_hash}
+    return Verification(result, options, None, inputs, timings,
+                        cluster={**cluster.describe(), "shards": len(view.parts)})
+
+
 def save(verification: Verification, run_dir: Path, *, command: str, overwrite: bool) -> Path:
     from retrieval.runs import write_run
 
     summary = {**verification.result.to_dict(), "run_dir": str(run_dir)}
-    record = run_record("verify", command, verification.parameters(), verification.inputs, verification.timings, summary)
+    record = run_record("verify", command, verification.parameters(), verification.inputs, verification.timings, summary,
+                        cluster=verification.cluster)
     return write_run(run_dir, record, verification.tables(), overwrite=overwrite)
