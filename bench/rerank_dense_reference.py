@@ -49,7 +49,7 @@ def dense_rerank(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int =
         for i in range(n):
             expanded_v[i] = v[rank[i, :k2]].mean(axis=0)
         v = expanded_v
-    del rank
+    rank = None  # frees the N × N ranking before the Jaccard pass (the closure above is done with it)
     # 7. inverted index: for every column, the rows where V is non-zero
     rows, cols = np.nonzero(v.T)
     inverted = np.split(cols, np.cumsum(np.bincount(rows, minlength=n))[:-1])

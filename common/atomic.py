@@ -139,10 +139,11 @@ def check_output(target: Path | str, *, overwrite: bool, folder: bool = False,
     A folder is checked under its lock: another writer replacing it moves the old one aside and
     renames the new one in, and a check between those two renames must not see a half state.
     """
-    if folder:
+    target = Path(target)
+    if folder and (target.exists() or target.is_symlink()):
         with output_lock(target):
-            return _check_output(Path(target), overwrite=overwrite, folder=True, replaceable=replaceable)
-    return _check_output(Path(target), overwrite=overwrite, folder=False, replaceable=replaceable)
+            return _check_output(target, overwrite=overwrite, folder=True, replaceable=replaceable)
+    return _check_output(target, overwrite=overwrite, folder=folder, replaceable=replaceable)
 
 
 def _check_output(target: Path, *, overwrite: bool, folder: bool,

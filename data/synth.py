@@ -76,6 +76,9 @@ PRESETS: dict[str, Preset] = {
     # of the gallery (10 images of each of 100,000 well-separated people, 128-D).
     "faces": Preset("faces", 10_000, 1_000_000, 128, 100_000, 10, base_difficulty=FACES_DIFFICULTY,
                     unenrolled_queries=0.5),
+    # The same protocol at 1/100 the size, with a realistic (not well-trained) model: the tour.
+    "faces-small": Preset("faces-small", 1_000, 10_000, 128, 1_000, 10, base_difficulty=1.0,
+                          unenrolled_queries=0.5),
 }
 
 

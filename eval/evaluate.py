@@ -30,6 +30,7 @@ from retrieval.common.progress import ProgressCallback
 
 
 # Top-k mode: what AP@k divides by (see evaluate_topk), and that convention in words.
+KEEP_TOP = 10  # items per query kept in the rankings (each with its exact distance); the CLI's --keep-top
 TOPK_AP_DENOMINATORS = ("in-list", "min-r-k")
 TOPK_AP_CONVENTIONS = {
     "in-list": "AP of each top-{k} list over the true matches found in it (0 without one); "
@@ -190,7 +191,7 @@ def evaluate_ranking(
     query_ids: np.ndarray | None = None,
     gallery_ids: np.ndarray | None = None,
     max_rank: int = 50,
-    keep_top: int = 100,
+    keep_top: int = KEEP_TOP,
     cmc_mode: str = "multi-gallery-shot",
     repeats: int = 10,
     seed: int = 0,
@@ -280,7 +281,7 @@ def evaluate_topk(
     query_ids: np.ndarray | None = None,
     gallery_ids: np.ndarray | None = None,
     max_rank: int = 50,
-    keep_top: int = 100,
+    keep_top: int = KEEP_TOP,
     metric: str = "index",
     topk_ap: str = "in-list",
     progress: ProgressCallback | None = None,

@@ -42,15 +42,27 @@ class BlockRanks:
 
 
 class _PairValues:
-    """Exact values of chosen (local row, column) pairs of a block, fetched in one call."""
+    """Exact values of chosen (local row, column) pairs of a block, fetched a batch at a time."""
 
     def __init__(self, block: DistanceBlock, rows: np.ndarray, cols: np.ndarray) -> None:
+        self.block = block
         self.num_cols = block.values.shape[1]
-        self.keys = np.unique(rows * self.num_cols + cols)
-        if block.exact_fn is None:
-            self.values = block.values[self.keys // self.num_cols, self.keys % self.num_cols]
-        else:
-            self.values = block.exact(self.keys // self.num_cols, self.keys % self.num_cols)
+        self.keys = np.empty(0, np.int64)
+        self.values = np.empty(0, block.values.dtype)
+        self.add(rows, cols)
+
+    def add(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        """Fetch the pairs not fetched yet (one call for all of them)."""
+        keys = np.unique(np.asarray(rows, np.int64) * self.num_cols + np.asarray(cols, np.int64))
+        if len(self.keys):
+            keys = keys[~np.isin(keys, self.keys, assume_unique=True)]
+        if len(keys) == 0:
+            return
+        rows, cols = keys // self.num_cols, keys % self.num_cols
+        values = self.block.values[rows, cols] if self.block.exact_fn is None else self.block.exact(rows, cols)
+        keys, values = np.concatenate([self.keys, keys]), np.concatenate([self.values, values])
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.values = keys[order], values[order]
 
     def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.values[np.searchsorted(self.keys, rows * self.num_cols + cols)]
@@ -117,20 +129,22 @@ def _thresholds(values, match_rows, match_values, window, keep_top: int) -> np.n
 
 
 def _match_ranks_group(block: DistanceBlock, labels: RankingLabels, keep_top: int) -> BlockRanks:
+    """Two passes of exact values: first the matches (and the top candidates), then the
+    non-matches within B of a match's now exact value (not 2B of its approximation: half the pairs)."""
     num_rows, num_cols = block.values.shape
     keep_top = min(keep_top, num_cols)
-    window = 2.0 * np.asarray(block.bound, dtype=np.float64)
+    bound = np.asarray(block.bound, dtype=np.float64)
+    window = 2.0 * bound
     match_rows, match_cols = labels.match_pairs(np.arange(block.start, block.stop))
     match_rows = match_rows - block.start
-    match_values = block.values[match_rows, match_cols].astype(np.float64)
-    cands = _Candidates(block, match_rows, match_values, window, keep_top)
-    plan = _match_windows(cands, labels, block.start, match_rows, match_cols, match_values, window)
+    approx_match = block.values[match_rows, match_cols].astype(np.float64)
+    # every entry within 2B of an approximate match value: a superset of those within B of the exact one
+    cands = _Candidates(block, match_rows, approx_match, window, keep_top)
     top = cands.top(keep_top, window) if keep_top else (np.empty(0, np.int64), np.empty(0, np.int64))
-    exact = _PairValues(
-        block,
-        np.concatenate([plan.pair_rows, match_rows[plan.pair_match], top[0]]),
-        np.concatenate([plan.pair_cols, match_cols[plan.pair_match], top[1]]),
-    )
+    exact = _PairValues(block, np.concatenate([match_rows, top[0]]), np.concatenate([match_cols, top[1]]))
+    match_values = exact.get(match_rows, match_cols).astype(np.float64)
+    plan = _match_windows(cands, labels, block.start, match_rows, match_cols, match_values, bound)
+    exact.add(plan.pair_rows, plan.pair_cols)
     before = plan.sure_before + _resolved_before(exact, plan, match_rows, match_cols)
     query, rank = _ranks_from_counts(match_rows, before)
     top_cols = top_values = None

@@ -19,7 +19,7 @@ from retrieval.data.store import read_embeddings, write_embeddings
 def init_ray(faults: Path, **kwargs):
     import ray
 
-    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+    ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
              runtime_env={"env_vars": {"RETRIEVE_RAY_FAULTS": str(faults)}}, **kwargs)
     return ray
 

@@ -98,3 +98,18 @@ def test_module_file_skips_the_package_init(tmp_path, monkeypatch):
     assert peerlib.module_file("fakepeer.metrics.helper").VALUE == 41  # the second load reuses the stubs
     with pytest.raises(ImportError):
         peerlib.module_file("notinstalled_peer.metrics.rank")
+
+
+def test_our_side_of_the_benchmarks_runs_on_the_engine_as_it_is(tmp_path):
+    """bench/peers/ours.py calls the library directly: a renamed module must fail here, not in a bench run."""
+    sys.path.insert(0, str(PEERS))
+    try:
+        import ours
+    finally:
+        sys.path.remove(str(PEERS))
+    parquet = ours.generate("small", tmp_path / "small.parquet")
+    data = ours.read_split(parquet)
+    ranking = ours.ranking_metrics(ours.evaluate_library(data))
+    assert 0.0 < ranking["mAP"] <= 1.0
+    verification = ours.verification_metrics(ours.verify_library(data, [1e-2]))
+    assert 0.5 < verification["roc_auc"] <= 1.0 and 0.0 <= verification["tar_at_far"]["1e-2"] <= 1.0

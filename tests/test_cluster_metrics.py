@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn import metrics as sk
-from sklearn.metrics.cluster import pair_confusion_matrix
 
 from retrieval.eval.cluster_metrics import cluster_metrics, size_statistics
 
@@ -53,6 +51,9 @@ def test_metrics_equal_their_definitions_and_scikit_learn(data):
                / sum(classes[j] == classes[i] for j in range(n)) for i in range(n)) / n
     assert m.bcubed_precision == pytest.approx(bc_p, rel=1e-12)
     assert m.bcubed_recall == pytest.approx(bc_r, rel=1e-12)
+    from sklearn import metrics as sk  # here, not at collection: every test worker would import it
+    from sklearn.metrics.cluster import pair_confusion_matrix
+
     class_ids = [hash(c) for c in classes]  # any encoding: scikit-learn's sums may differ in the last bits
     close = lambda value: pytest.approx(value, rel=1e-12, abs=1e-15)  # noqa: E731
     assert m.nmi == close(sk.normalized_mutual_info_score(class_ids, clusters, average_method="arithmetic"))

@@ -10,7 +10,7 @@ import pytest
 
 from retrieval.data.errors import DataError
 from retrieval.data.layouts import build_manifest
-from retrieval.data.store import read_embeddings, write_embeddings
+from retrieval.data.store import read_embeddings
 from retrieval.data.synth import PRESETS, Preset, generate, plan_rows
 from retrieval.data.importers import join_manifest_by_path
 from retrieval.data.store import embeddings_table

@@ -58,3 +58,18 @@ def test_sharded_flat_index_equals_one_flat_index(cluster, data, tmp_path) -> No
     a = search(tmp_path / "one", data, SearchOptions(k=25, device="cpu"))
     b = search(tmp_path / "four", data, SearchOptions(k=25, device="cpu"), cluster=cluster)
     assert same_search(a.found, b.found) and a.rankings.equals(b.rankings)
+
+
+def test_ray_local_starts_its_own_instance_beside_a_running_cluster(cluster, data, tmp_path) -> None:
+    """`--ray local:N` never joins a cluster another process started on this machine (it would
+    refuse num_cpus there): it starts its own, and the numbers are one process's."""
+    import json
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", "import sys; from retrieval.cli import main; sys.argv[0] = 'retrieve'; main()",
+            "evaluate", str(data), "--metric", "cosine", "--ray", "local:1", "--json", "--out", str(tmp_path / "run")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    here = evaluate_files(data, None, None, None, EvaluateOptions(metric="cosine"))
+    assert json.loads(done.stdout)["mAP"] == here.final.mAP

@@ -474,3 +474,13 @@ def test_a_model_folder_of_the_first_format_still_embeds(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     assert run(["train", "--dataset", "digits", "--out", str(tmp_path), "--resume"]) == 1
     assert "older retrieve train" in capsys.readouterr().err
+
+
+def test_digits_read_from_the_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from retrieval.train.digits import read_digits
+
+    pixels, digits = read_digits()
+    bunch = load_digits()
+    assert np.array_equal(pixels, bunch.data) and np.array_equal(digits, bunch.target)

@@ -180,7 +180,7 @@ def ranking_metrics(result) -> dict[str, Any]:
 def verify_library(data: dict[str, Any], fars: list[float]):
     from retrieval.eval.distances import EmbeddingDistances
     from retrieval.eval.protocol import RankingLabels
-    from retrieval.eval.verification import query_gallery_verification
+    from retrieval.eval.trials import query_gallery_verification
 
     labels = RankingLabels(data["query_pid"], data["gallery_pid"], data["query_camid"], data["gallery_camid"],
                            protocol="market", query_ids=data.get("query_ids"), gallery_ids=data.get("gallery_ids"))

@@ -40,6 +40,7 @@ class PresetName(str, Enum):
     million = "million"
     lfw = "lfw"
     faces = "faces"
+    faces_small = "faces-small"
 
 
 def _write_table(out: Path, table: "pa.Table", model: Optional[str], overwrite: bool) -> None:

@@ -143,7 +143,8 @@ def connect(spec: RaySpec | str) -> Cluster:
     quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     if spec.local:
         try:
-            ray.init(num_cpus=spec.cpus, **quiet)
+            # address="local": always a new instance, never a cluster another `ray start` left here
+            ray.init(address="local", num_cpus=spec.cpus, **quiet)
         except Exception as exc:  # noqa: BLE001 - Ray's start-up failures have many types
             raise RetrieveError(f"could not start a local Ray instance: {_one_line(exc)}") from None
         return _described(ray, Cluster(spec, started=True))

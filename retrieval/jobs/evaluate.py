@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.eval.distances import EVAL_METRICS
+from retrieval.eval.evaluate import KEEP_TOP
 from retrieval.indexes.distance import metric_from_name
 from retrieval.common.progress import ProgressCallback, no_progress
 from retrieval.errors import OptionError
@@ -27,7 +28,6 @@ from retrieval.labels import DEFAULT_JUNK_PIDS, LabelledVectors, check_dimension
 from retrieval.run_schema import input_paths, ranking_tables, run_record
 
 MAX_RANK = 50  # the CMC curve is always stored up to rank 50 (further when cmc_ranks asks)
-KEEP_TOP = 10  # rankings.parquet: top items per query (each with its exact distance)
 TABLE_RANKS = (1, 5, 10, 20)
 METRICS = EVAL_METRICS
 MULTI_QUERY = ("mean", "max")

@@ -126,14 +126,17 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise RetrieveError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RetrieveError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
-    device = torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":  # TF32 off: float32 products as on the CPU (autocast still uses float16 in training)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    """The engine's device rule (``indexes.distance.resolve_device``), with TF32 off as everywhere
+    torch is used (autocast still uses float16 in training when asked)."""
+    from retrieval.indexes.distance import full_precision_torch
+    from retrieval.indexes.distance import resolve_device as engine_device
+    from retrieval.indexes.errors import FaissIndexError
+
+    try:
+        device = torch.device(engine_device(name))
+    except FaissIndexError as exc:
+        raise RetrieveError(str(exc)) from None
+    full_precision_torch(torch)
     return device
 
 
