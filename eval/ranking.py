@@ -12,7 +12,8 @@ value with a lower gallery column. Two facts make this cheap:
 
 So each row is cut at its farthest match + 2B, the kept non-matches up to the cut are sorted, the
 sure counts come from a binary search, and the windows are resolved with exact values fetched
-for the whole block at once. The top items of a row (for ``rankings``) are chosen the same way:
+for the whole block at once, in two passes: the matches whose window holds a non-match get their
+exact value first, and then only the non-matches within B of that exact value are refined. The top items of a row (for ``rankings``) are chosen the same way:
 every item that can be among the first k is given its exact value and ordered by
 (exact value, gallery column). The result equals a full stable sort of the exact values.
 
@@ -129,8 +130,10 @@ def _thresholds(values, match_rows, match_values, window, keep_top: int) -> np.n
 
 
 def _match_ranks_group(block: DistanceBlock, labels: RankingLabels, keep_top: int) -> BlockRanks:
-    """Two passes of exact values: first the matches (and the top candidates), then the
-    non-matches within B of a match's now exact value (not 2B of its approximation: half the pairs)."""
+    """Ranks by two passes of exact values. A match with no kept non-match within 2B of its
+    approximate value has its rank already; the others get their exact value first (with the top
+    candidates), and then only the non-matches within B of that exact value are settled exactly
+    (half the window the approximate value needs)."""
     num_rows, num_cols = block.values.shape
     keep_top = min(keep_top, num_cols)
     bound = np.asarray(block.bound, dtype=np.float64)
@@ -138,14 +141,20 @@ def _match_ranks_group(block: DistanceBlock, labels: RankingLabels, keep_top: in
     match_rows, match_cols = labels.match_pairs(np.arange(block.start, block.stop))
     match_rows = match_rows - block.start
     approx_match = block.values[match_rows, match_cols].astype(np.float64)
-    # every entry within 2B of an approximate match value: a superset of those within B of the exact one
     cands = _Candidates(block, match_rows, approx_match, window, keep_top)
+    plan = _match_windows(cands, labels, block.start, match_rows, match_cols, approx_match, window)
+    before = plan.sure_before.copy()
+    unsure = np.unique(plan.pair_match)  # matches with a non-match in their approximate window
     top = cands.top(keep_top, window) if keep_top else (np.empty(0, np.int64), np.empty(0, np.int64))
-    exact = _PairValues(block, np.concatenate([match_rows, top[0]]), np.concatenate([match_cols, top[1]]))
-    match_values = exact.get(match_rows, match_cols).astype(np.float64)
-    plan = _match_windows(cands, labels, block.start, match_rows, match_cols, match_values, bound)
-    exact.add(plan.pair_rows, plan.pair_cols)
-    before = plan.sure_before + _resolved_before(exact, plan, match_rows, match_cols)
+    exact = _PairValues(block, np.concatenate([match_rows[unsure], top[0]]),
+                        np.concatenate([match_cols[unsure], top[1]]))
+    if len(unsure):
+        rows, cols = match_rows[unsure], match_cols[unsure]
+        values = exact.get(rows, cols).astype(np.float64)
+        # every entry within B of an exact match value is within 2B of its approximation: among cands
+        near = _match_windows(cands, labels, block.start, rows, cols, values, bound)
+        exact.add(near.pair_rows, near.pair_cols)
+        before[unsure] = near.sure_before + _resolved_before(exact, near, rows, cols)
     query, rank = _ranks_from_counts(match_rows, before)
     top_cols = top_values = None
     if keep_top:
