@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.common.atomic import check_output, staging_folder
+from retrieval.common.errors import OutputExistsError
 from retrieval.errors import RetrieveError
 from retrieval.run_schema import (  # noqa: F401  (json_safe, library_versions, RUN_TABLES: public here too)
     RUN_FORMAT_VERSION,
@@ -33,17 +34,18 @@ def _not_a_run(path: Path) -> str | None:
 
 def check_run_target(run_dir: Path | str, *, overwrite: bool) -> Path:
     """Fail before any work when ``run_dir`` cannot take the run: a file, a folder that is not a
-    run, or an existing run without ``overwrite`` (its kind is named)."""
+    run, or an existing run without ``overwrite`` (its kind is named).
+
+    The rules are ``check_output``'s with ``_not_a_run``: an existing folder is checked under its
+    lock, so a writer replacing the same run at that moment is never seen half-way.
+    """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RetrieveError(f"{run_dir}: exists and is not a folder; choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "run.json").exists():
-        raise RetrieveError(f"{run_dir}: folder exists, is not empty and is not a run; choose another --out")
-    if not overwrite and (run_dir / "run.json").exists():
+    try:
+        return check_output(run_dir, overwrite=overwrite, folder=True, replaceable=_not_a_run)
+    except OutputExistsError:
         kind = _kind_of(run_dir)
         raise RetrieveError(f"{run_dir}: already holds a run{f' (kind {kind})' if kind else ''}; "
-                            "choose another --out or pass --overwrite to replace it")
-    return check_output(run_dir, overwrite=overwrite, folder=True)
+                            "choose another --out or pass --overwrite to replace it") from None
 
 
 def _kind_of(run_dir: Path) -> str | None:
