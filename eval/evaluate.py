@@ -29,8 +29,9 @@ from retrieval.eval.ranking import match_ranks, ranked_list_match_ranks
 from retrieval.common.progress import ProgressCallback
 
 
-# Top-k mode: what AP@k divides by (see evaluate_topk), and that convention in words.
 KEEP_TOP = 10  # items per query kept in the rankings (each with its exact distance); the CLI's --keep-top
+
+# Top-k mode: what AP@k divides by (see evaluate_topk), and that convention in words.
 TOPK_AP_DENOMINATORS = ("in-list", "min-r-k")
 TOPK_AP_CONVENTIONS = {
     "in-list": "AP of each top-{k} list over the true matches found in it (0 without one); "

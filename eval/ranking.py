@@ -13,9 +13,9 @@ value with a lower gallery column. Two facts make this cheap:
 So each row is cut at its farthest match + 2B, the kept non-matches up to the cut are sorted, the
 sure counts come from a binary search, and the windows are resolved with exact values fetched
 for the whole block at once, in two passes: the matches whose window holds a non-match get their
-exact value first, and then only the non-matches within B of that exact value are refined. The top items of a row (for ``rankings``) are chosen the same way:
-every item that can be among the first k is given its exact value and ordered by
-(exact value, gallery column). The result equals a full stable sort of the exact values.
+exact value first, and then only the non-matches within B of that exact value are refined. The
+top items of a row (for ``rankings``) are chosen the same way: every item that can be among the
+first k is given its exact value and ordered by (exact value, gallery column). The result equals a full stable sort of the exact values.
 
 Ranks are returned as flat arrays ``(query row, rank)``, grouped by query row, ranks ascending.
 """
@@ -154,7 +154,8 @@ def _match_ranks_group(block: DistanceBlock, labels: RankingLabels, keep_top: in
         # every entry within B of an exact match value is within 2B of its approximation: among cands
         near = _match_windows(cands, labels, block.start, rows, cols, values, bound)
         exact.add(near.pair_rows, near.pair_cols)
-        before[unsure] = near.sure_before + _resolved_before(exact, near, rows, cols)
+        other = exact.get(near.pair_rows, near.pair_cols).astype(np.float64)
+        before[unsure] = near.sure_before + _before_in_windows(near, other, values, cols)
     query, rank = _ranks_from_counts(match_rows, before)
     top_cols = top_values = None
     if keep_top:
@@ -238,14 +239,19 @@ def _match_windows(cands: _Candidates, labels: RankingLabels, start: int, match_
     return _Windows(sure_before.astype(np.int64), pair_match, rows[positions], cols[positions])
 
 
-def _resolved_before(exact: _PairValues, plan: _Windows, match_rows, match_cols) -> np.ndarray:
-    """Per match: the window's non-matches before it in exact (value, column) order."""
+def _before_in_windows(plan: _Windows, other: np.ndarray, match_values: np.ndarray, match_cols: np.ndarray,
+                       col_offset: int = 0) -> np.ndarray:
+    """Per match: its window's non-matches before it in exact (value, column) order.
+
+    ``other``: the exact values of the window pairs (``plan.pair_rows``, ``plan.pair_cols``);
+    ``match_values``: the matches' exact values; ``col_offset``: where the block's columns start
+    in the whole gallery (a shard's), to which ``match_cols`` refer.
+    """
     if len(plan.pair_match) == 0:
-        return np.zeros(len(match_rows), np.int64)
-    other = exact.get(plan.pair_rows, plan.pair_cols)
-    mine = exact.get(match_rows[plan.pair_match], match_cols[plan.pair_match])
-    before = (other < mine) | ((other == mine) & (plan.pair_cols < match_cols[plan.pair_match]))
-    return np.bincount(plan.pair_match, weights=before, minlength=len(match_rows)).astype(np.int64)
+        return np.zeros(len(match_values), np.int64)
+    mine = match_values[plan.pair_match]
+    before = (other < mine) | ((other == mine) & (plan.pair_cols + col_offset < match_cols[plan.pair_match]))
+    return np.bincount(plan.pair_match, weights=before, minlength=len(match_values)).astype(np.int64)
 
 
 def _ranks_from_counts(match_rows: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -317,9 +323,7 @@ def count_before_exact(block: DistanceBlock, labels: RankingLabels, match_rows: 
     if len(plan.pair_match) == 0:
         return plan.sure_before
     other = _PairValues(block, plan.pair_rows, plan.pair_cols).get(plan.pair_rows, plan.pair_cols).astype(np.float64)
-    mine = match_values[plan.pair_match]
-    before = (other < mine) | ((other == mine) & (plan.pair_cols + col_offset < match_cols[plan.pair_match]))
-    return plan.sure_before + np.bincount(plan.pair_match, weights=before, minlength=len(match_rows)).astype(np.int64)
+    return plan.sure_before + _before_in_windows(plan, other, match_values, match_cols, col_offset)
 
 
 def ranks_from_before_counts(match_rows: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

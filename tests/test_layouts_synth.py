@@ -164,3 +164,10 @@ def test_presets_follow_the_performance_table():
     assert (PRESETS["msmt17"].queries, PRESETS["msmt17"].gallery, PRESETS["msmt17"].cameras) == (11659, 82161, 15)
     assert (PRESETS["veri"].queries, PRESETS["veri"].gallery, PRESETS["veri"].identities) == (1678, 11579, 200)
     assert (PRESETS["million"].gallery, PRESETS["million"].dim, PRESETS["million"].identities) == (1_000_000, 256, 100_000)
+
+
+def test_the_synth_command_offers_every_preset():
+    """The CLI's preset choices are spelled out (no numpy at start-up): they must name every preset."""
+    from retrieval.cli.data_commands import PresetName
+
+    assert {p.value for p in PresetName} == set(PRESETS) | {"lfw"}
