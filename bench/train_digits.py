@@ -147,7 +147,8 @@ def pair_of_independent(models: list[Path], seeds: list[int]) -> list[dict]:
 
 
 def aligned_rows(model: Path, seed: int) -> dict:
-    """Global only, local (aligned) only, and global + w · local, on the embeddings file's columns."""
+    """Global only, local (aligned) only, and global + w · local (the engine's --metric aligned)."""
+    import retrieval
     from retrieval.data.store import read_embeddings
     from retrieval.eval.aligned import aligned_distances
     from retrieval.eval.distances import PrecomputedDistances
@@ -157,14 +158,14 @@ def aligned_rows(model: Path, seed: int) -> dict:
     cli(["embed", str(model), "--dataset", "digits", "--out", str(out), "--device", "cpu"])
     emb = read_embeddings(out)
     q, g = emb.by_split("query"), emb.by_split("gallery")
-    diff = q.vectors.astype(np.float64)[:, None, :] - g.vectors.astype(np.float64)[None, :, :]
-    global_d = np.sqrt((diff * diff).sum(-1))
-    local_d = aligned_distances(q.parts, g.parts, emb.num_parts)
-    rows = {}
-    for name, matrix in [("global", global_d), ("local", local_d)] + [(f"global+{w}*local", global_d + w * local_d) for w in LOCAL_WEIGHTS]:
-        result = evaluate_ranking(PrecomputedDistances(matrix), q.pid, g.pid, protocol="no-camera", max_rank=10, keep_top=0)
-        rows[name] = {"seed": seed, "mAP": float(result.mAP), "rank-1": float(result.cmc[0]), "mINP": float(result.mINP)}
-    return rows
+    local = evaluate_ranking(PrecomputedDistances(aligned_distances(q.parts, g.parts, emb.num_parts)), q.pid, g.pid,
+                             protocol="no-camera", max_rank=10, keep_top=0)
+    results = [("global", retrieval.evaluate(str(out), metric="euclidean", protocol="no-camera", keep_top=0).final),
+               ("local", local)]
+    results += [(f"global+{w}*local", retrieval.evaluate(str(out), metric="aligned", local_weight=w,
+                                                         protocol="no-camera", keep_top=0).final) for w in LOCAL_WEIGHTS]
+    return {name: {"seed": seed, "mAP": float(r.mAP), "rank-1": float(r.cmc[0]), "mINP": float(r.mINP)}
+            for name, r in results}
 
 
 def raw_pixels() -> dict:

@@ -30,3 +30,8 @@ ALIASES = {"l2": Metric.EUCLIDEAN, "inner_product": Metric.INNER_PRODUCT, "dot":
 
 # What query-gallery evaluation, k-NN and the notebook gallery accept.
 EVAL_METRICS = (Metric.EUCLIDEAN.value, Metric.SQEUCLIDEAN.value, Metric.COSINE.value)
+
+# AlignedReID's distance: ‖q − g‖ of the embeddings + w · the aligned local distance of their
+# part features (``eval.aligned``); ranking and re-ranking only (it needs the ``parts`` column).
+ALIGNED = "aligned"
+RANKING_METRICS = (*EVAL_METRICS, ALIGNED)

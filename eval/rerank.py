@@ -93,8 +93,8 @@ class RerankedDistances:
         gallery_vectors = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
         _check_shapes(query_vectors, gallery_vectors)
         n_items = len(query_vectors) + len(gallery_vectors)
-        in_graph = _graph_mask(exclude_from_graph, n_items)
-        _check_parameters(k1, k2, lambda_, distance, metric, int(in_graph.sum()))
+        in_graph = graph_mask(exclude_from_graph, n_items)
+        check_parameters(k1, k2, lambda_, distance, metric, int(in_graph.sum()))
         if device not in ("cpu", "cuda", "auto"):
             raise EvaluationError(f"unknown device {device!r}: expected cpu, cuda or auto")
         vectors = np.concatenate([query_vectors, gallery_vectors])
@@ -152,13 +152,16 @@ class RerankedDistances:
     def graph(self) -> NeighbourhoodGraph:
         """The neighbourhood graph, built on first use (the expensive part: one pass over N × N)."""
         if self._graph is None:
-            self._graph = build_graph(
-                self._vectors, self.k1, self.k2, power=_power(self.distance), in_graph=self.in_graph,
-                device=self.device, progress=self._progress, num_queries=self.num_queries,
-            )
+            self._graph = self._build_graph()
             self._gallery_rows = self._graph.v[self.num_queries:]
             self._gallery_v = self._gallery_rows.tocsc()
         return self._graph
+
+    def _build_graph(self) -> NeighbourhoodGraph:
+        return build_graph(
+            self._vectors, self.k1, self.k2, power=distance_power(self.distance), in_graph=self.in_graph,
+            device=self.device, progress=self._progress, num_queries=self.num_queries,
+        )
 
     def to_distance(self, values: np.ndarray) -> np.ndarray:
         return values
@@ -179,13 +182,13 @@ class RerankedDistances:
         """
         block_rows = max(1, min(block_rows, _BLOCK_BYTES // (16 * self.num_gallery)))
         graph = self.graph
-        for start, squared in self._squared_blocks(block_rows):
+        for start, squared, key_bound in self._key_blocks(block_rows):
             stop = start + squared.shape[0]
             row_max = graph.row_max[start:stop]
             jaccard_part = jaccard_distance(graph.v[start:stop], self._gallery_v)
             jaccard_part *= 1.0 - self.lambda_
             final = self._final(jaccard_part, squared, row_max)
-            bound = self._final_bound(self.space.bounds.rows(start, stop), row_max)
+            bound = self._final_bound(key_bound, row_max)
             if self._progress is not None:
                 self._progress("jaccard", stop, self.num_queries)
             yield DistanceBlock(start, final, bound, self._exact_fn(start, jaccard_part, row_max))
@@ -208,23 +211,23 @@ class RerankedDistances:
         np.divide(m, denominator, out=m)
         np.subtract(1.0, m, out=m)
         m *= 1.0 - self.lambda_
-        keys = self.space.exact(rows, cols).astype(np.float64)
-        d = _normalised(keys, graph.row_max[rows], _power(self.distance))
+        keys = self._pair_keys(rows, cols)
+        d = _normalised(keys, graph.row_max[rows], distance_power(self.distance))
         d *= self.lambda_
         d += m
         return d
 
     def _final(self, jaccard_part: np.ndarray, squared: np.ndarray, row_max: np.ndarray) -> np.ndarray:
         """(1 − λ)·d_J + λ·d, the same operations for a block and for exact pairs."""
-        d = _normalised(squared, row_max, _power(self.distance))
+        d = _normalised(squared, row_max, distance_power(self.distance))
         d *= self.lambda_
         d += jaccard_part
         return d
 
     def _exact_fn(self, start: int, jaccard_part: np.ndarray, row_max: np.ndarray):
         def exact(local_rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-            keys = self.space.exact(local_rows + start, cols).astype(np.float64)
-            d = _normalised(keys, row_max[local_rows], _power(self.distance))
+            keys = self._pair_keys(local_rows + start, cols)
+            d = _normalised(keys, row_max[local_rows], distance_power(self.distance))
             d *= self.lambda_
             d += jaccard_part[local_rows, cols]
             return d
@@ -234,11 +237,20 @@ class RerankedDistances:
     def _final_bound(self, key_bound: np.ndarray, row_max: np.ndarray) -> np.ndarray:
         """Per row: how far λ·d computed from float32 keys may be from λ·d from exact keys."""
         safe = np.where(row_max > 0, row_max, 1.0)
-        if _power(self.distance) == 2:  # |D̃² − D²| ≤ B·(2·max D̃ + B), max D̃ ≤ row max + B
+        if distance_power(self.distance) == 2:  # |D̃² − D²| ≤ B·(2·max D̃ + B), max D̃ ≤ row max + B
             spread = key_bound * (2.0 * (row_max + key_bound) + key_bound) / (safe * safe)
         else:
             spread = key_bound / safe
         return self.lambda_ * spread * (1.0 + 2.0**-20) + 4 * 2.0**-52  # + float64 rounding of the sum
+
+    def _pair_keys(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The exact original distances D (step 1, before the row maximum) of query × gallery pairs (float64)."""
+        return self.space.exact(rows, cols).astype(np.float64)
+
+    def _key_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, query-block × gallery D values, per-row bound on their error) for the final step."""
+        for start, squared in self._squared_blocks(block_rows):
+            yield start, squared, self.space.bounds.rows(start, start + squared.shape[0])
 
     def _squared_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """Query-block × gallery approximate squared distances: kept from the neighbour pass, or computed."""
@@ -534,11 +546,11 @@ def _normalised(squared: np.ndarray, row_max: np.ndarray, power: int) -> np.ndar
     return d / safe
 
 
-def _power(distance: str) -> int:
+def distance_power(distance: str) -> int:
     return 2 if distance == "toolkit" else 1
 
 
-def _graph_mask(exclude: np.ndarray | None, n_items: int) -> np.ndarray:
+def graph_mask(exclude: np.ndarray | None, n_items: int) -> np.ndarray:
     if exclude is None:
         return np.ones(n_items, dtype=bool)
     exclude = np.asarray(exclude)
@@ -561,7 +573,7 @@ def _check_shapes(queries: np.ndarray, gallery: np.ndarray) -> None:
         raise EvaluationError("re-ranking needs at least one query and one gallery item")
 
 
-def _check_parameters(k1, k2, lambda_, distance, metric, n_graph) -> None:
+def check_parameters(k1, k2, lambda_, distance, metric, n_graph) -> None:
     if not isinstance(k1, (int, np.integer)) or k1 < 1:
         raise EvaluationError(f"k1 must be an integer ≥ 1, got {k1!r}")
     if not isinstance(k2, (int, np.integer)) or k2 < 1:

@@ -501,33 +501,35 @@ class KeySpace:
         """(first row, (b, G) float32 exact keys) for every pair: a float64 GEMM, rounded with its
         bound, integer arithmetic where the bound straddles a rounding point. About twice the cost
         of the float32 blocks; used where every pair's value counts (all-pairs ROC)."""
+        for start in range(0, self.num_queries, block_rows):
+            yield start, self.exact_block(start, min(start + block_rows, self.num_queries), gallery_chunk)
+
+    def exact_block(self, start: int, stop: int, gallery_chunk: int = 8192) -> np.ndarray:
+        """The (stop − start, G) float32 exact keys of query rows ``start .. stop`` (see :meth:`exact_blocks`)."""
         dim = self.queries.shape[1]
         c64 = (dim + 8) * U64 * (1.0 + 2.0**-10)
         q_norm = self.bounds.query_norms
         g_norm = np.sqrt(self.gallery_sq.astype(np.float64)) * (1.0 + 2.0**-20)
         # float64 squared norms (any summation order: relative error ≤ (d + 1)·u64, in the bound)
-        query_sq64 = _float64_squared_norms(self.queries)
-        gallery_sq64 = query_sq64 if self.gallery is self.queries else _float64_squared_norms(self.gallery)
-        for start in range(0, self.num_queries, block_rows):
-            stop = min(start + block_rows, self.num_queries)
-            q64 = self.queries[start:stop].astype(np.float64)
-            out = np.empty((stop - start, self.num_gallery), dtype=np.float32)
-            for g0 in range(0, self.num_gallery, gallery_chunk):
-                g1 = min(g0 + gallery_chunk, self.num_gallery)
-                dots = q64 @ self.gallery[g0:g1].astype(np.float64).T
-                if self.metric.squared:
-                    # ‖q‖² and ‖g‖² enter as their float32 keys: their rounding is part of the bound
-                    approx = query_sq64[start:stop, None] + gallery_sq64[None, g0:g1] - 2.0 * dots
-                    bound = c64 * (q_norm[start:stop, None] + g_norm[None, g0:g1]) ** 2
-                else:
-                    approx = -dots
-                    bound = c64 * q_norm[start:stop, None] * g_norm[None, g0:g1]
-                keys, unsure = round_with_bound(approx, bound)
-                rows, cols = np.nonzero(unsure)
-                if len(rows):
-                    keys[rows, cols] = self.exact(rows + start, cols + g0)
-                out[:, g0:g1] = keys
-            yield start, out
+        query_sq64, gallery_sq64 = self._squared64
+        q64 = self.queries[start:stop].astype(np.float64)
+        out = np.empty((stop - start, self.num_gallery), dtype=np.float32)
+        for g0 in range(0, self.num_gallery, gallery_chunk):
+            g1 = min(g0 + gallery_chunk, self.num_gallery)
+            dots = q64 @ self.gallery[g0:g1].astype(np.float64).T
+            if self.metric.squared:
+                # ‖q‖² and ‖g‖² enter as their float32 keys: their rounding is part of the bound
+                approx = query_sq64[start:stop, None] + gallery_sq64[None, g0:g1] - 2.0 * dots
+                bound = c64 * (q_norm[start:stop, None] + g_norm[None, g0:g1]) ** 2
+            else:
+                approx = -dots
+                bound = c64 * q_norm[start:stop, None] * g_norm[None, g0:g1]
+            keys, unsure = round_with_bound(approx, bound)
+            rows, cols = np.nonzero(unsure)
+            if len(rows):
+                keys[rows, cols] = self.exact(rows + start, cols + g0)
+            out[:, g0:g1] = keys
+        return out
 
 
 def _float64_squared_norms(x: np.ndarray) -> np.ndarray:

@@ -212,6 +212,7 @@ def evaluation_options(
     qe_alpha: float = 3.0,
     dba_k: int = 5,
     multi_query: str | None = None,
+    local_weight: float | None = None,
 ) -> EvaluateOptions:
     """The job's options from the notebook's keywords (the protocol defaults to what the data allows)."""
     from retrieval.jobs.expand import expansion_option
@@ -221,7 +222,7 @@ def evaluation_options(
         ap=ap_variant, cmc_ranks=TABLE_RANKS, cmc_mode=cmc_mode, repeats=repeats, seed=seed, device=device, ci=ci,
         rerank=RerankOptions(k1, k2, lambda_, rerank_distance, rerank_exclude_junk) if rerank else None,
         index=index, keep_top=keep_top, max_rank=max_rank, block_rows=block_rows,
-        expand=expansion_option(expand, qe_k, qe_alpha, dba_k), multi_query=multi_query,
+        expand=expansion_option(expand, qe_k, qe_alpha, dba_k), multi_query=multi_query, local_weight=local_weight,
     )
 
 
@@ -243,7 +244,8 @@ def evaluate(
 
     ``query_embeddings`` / ``gallery_embeddings``: ``data.store.Embeddings`` objects (labels taken
     from them) or (n, d) arrays with ``*_pid`` (and ``*_camid``, ``*_ids``) given beside them.
-    Options (``evaluation_options``): ``metric`` (euclidean | sqeuclidean | cosine), ``protocol``
+    Options (``evaluation_options``): ``metric`` (euclidean | sqeuclidean | cosine | aligned: ‖q − g‖ +
+    ``local_weight`` (default 1) · the aligned local distance of the ``parts``, ``eval.aligned``), ``protocol``
     (market | no-camera | leave-one-out; default market when both sides have cameras, leave-one-out
     when the queries are gallery items, else no-camera), ``ap_variant``, ``junk_pids``, ``rerank``
     (k1, k2, lambda_, rerank_distance, rerank_exclude_junk: the k-reciprocal stage; the plain stage

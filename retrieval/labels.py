@@ -43,6 +43,8 @@ class LabelledVectors:
     path: np.ndarray | None = None
     source: str = ""
     camid_missing: int = 0
+    parts: np.ndarray | None = None  # (n, P·d) part features (the ``parts`` column), when the data has them
+    num_parts: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,6 +95,8 @@ def _from_embeddings(source: Any, pid, camid) -> LabelledVectors:
         path=getattr(source, "path", None),
         source=str(getattr(source, "source", "") or ""),
         camid_missing=missing,
+        parts=getattr(source, "parts", None),
+        num_parts=int(getattr(source, "num_parts", 0) or 0),
     )
 
 

@@ -27,43 +27,7 @@ from _gpu import requires_cuda
 DATA = Path(__file__).parent / "data" / "reid_small"
 
 
-# ---------------------------------------------------------------- dense reference (protocol §3)
-
-def dense_rerank(query, gallery, k1, k2, lam, toolkit=False):
-    x = np.concatenate([query, gallery]).astype(np.float64)
-    n_q = len(query)
-    # 1. original distance: squared euclidean (toolkit: squared again), rows / row max over all N
-    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
-    if toolkit:
-        dist = dist ** 2
-    dist = dist / dist.max(axis=1, keepdims=True)
-    # 2. initial ranking: stable sort of each row (ties by item order)
-    rank = np.argsort(dist, axis=1, kind="stable")
-
-    def reciprocal(i, k):  # 3. R(i, k) = {j in top-(k+1)(i) : i in top-(k+1)(j)}
-        return [j for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
-
-    n = len(x)
-    v = np.zeros((n, n))
-    for i in range(n):
-        r_i = reciprocal(i, k1)
-        expanded = set(r_i)
-        for j in r_i:  # 4. expansion with R(j, round(k1/2))
-            r_j = reciprocal(j, round(k1 / 2))
-            if len(set(r_j) & set(r_i)) > 2.0 / 3.0 * len(r_j):
-                expanded |= set(r_j)
-        cols = sorted(expanded)
-        w = np.exp(-dist[i, cols])  # 5. weights normalised per row
-        v[i, cols] = w / w.sum()
-    if k2 > 1:  # 6. local query expansion over the k2 nearest
-        v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
-    jaccard = np.empty((n_q, len(gallery)))
-    for q in range(n_q):  # 7. general min / max form
-        for g in range(len(gallery)):
-            a, b = v[q], v[n_q + g]
-            union = np.maximum(a, b).sum()  # 0 only for two empty sets (> k1 duplicates): d_J = 1
-            jaccard[q, g] = 1.0 - (np.minimum(a, b).sum() / union if union > 0 else 0.0)
-    return (1 - lam) * jaccard + lam * dist[:n_q, n_q:]  # 8.
+from _rerank_reference import dense_rerank  # noqa: E402
 
 
 # ---------------------------------------------------------------- metrics from protocol §1

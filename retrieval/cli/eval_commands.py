@@ -13,13 +13,13 @@ from typing import Optional
 import math
 import typer
 
-from retrieval.common.metrics import EVAL_METRICS
+from retrieval.common.metrics import RANKING_METRICS
 from retrieval.cli.app import app
 from retrieval.cli.choices import DeviceName, ProtocolName
 from retrieval.cli.options import OVERWRITE_HELP, RAY_HELP, at_least, parse_cmc_ranks, parse_junk_pids
 
 
-MetricName = Enum("MetricName", {name: name for name in EVAL_METRICS}, type=str)  # the distance core's names
+MetricName = Enum("MetricName", {name: name for name in RANKING_METRICS}, type=str)  # the distance core's names + aligned
 
 
 class ApName(str, Enum):
@@ -61,7 +61,8 @@ def print_table(evaluation, run_dir: Path) -> None:
 
     final, ci = evaluation.final, evaluation.ci
     cmc_ranks = evaluation.options.cmc_ranks
-    table = Table(title=_title(final, evaluation.rerank_params, evaluation.expansion, evaluation.multi_query),
+    table = Table(title=_title(final, evaluation.rerank_params, evaluation.expansion, evaluation.multi_query,
+                               evaluation.options.aligned_weight),
                   title_justify="left", caption=_caption(final), caption_justify="left")
     table.add_column("metric (%)")
     stages = _stages(evaluation)
@@ -102,9 +103,10 @@ def _stages(evaluation) -> list[tuple[str, object]]:
 
 
 def _title(final, rerank_params: Optional[dict], expansion: Optional[dict] = None,
-           multi_query: Optional[dict] = None) -> str:
+           multi_query: Optional[dict] = None, local_weight: Optional[float] = None) -> str:
+    distance = final.metric if local_weight is None else f"{final.metric} (global + {local_weight:g}·local)"
     title = (
-        f"protocol {final.protocol} · AP {final.ap_variant} · distance {final.metric} · "
+        f"protocol {final.protocol} · AP {final.ap_variant} · distance {distance} · "
         f"{final.num_valid_queries}/{final.num_queries} valid queries · {final.num_gallery} gallery"
     )
     if final.topk is not None:
@@ -152,7 +154,8 @@ def evaluate_command(
     query_split: Optional[str] = typer.Option(None, help="Split of the queries (default: query; leave-one-out: all rows)."),
     gallery_split: Optional[str] = typer.Option(None, help="Split of the gallery (default: gallery; with --gallery: all rows of that file; leave-one-out: the queries)."),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Take the gallery from another embeddings file (or folder of Parquet files)."),
-    metric: Optional[MetricName] = typer.Option(None, help="Distance (default: euclidean)."),
+    metric: Optional[MetricName] = typer.Option(None, "--metric", "--distance", help="Distance (default: euclidean); aligned: AlignedReID's ‖q − g‖ + w · aligned local distance of the 'parts' column."),
+    local_weight: Optional[float] = typer.Option(None, "--local-weight", help="With --metric aligned: w, the weight of the aligned local distance [default: 1]."),
     protocol: ProtocolName = typer.Option(ProtocolName.market, help="market: same pid & camid junk; no-camera; leave-one-out: only the item itself removed (by id)."),
     junk_pids: str = typer.Option("-1", help="Comma-separated junk identities removed from every ranking ('none' for none)."),
     ap: ApName = typer.Option(ApName.standard, "--ap", help="AP variant: standard (non-interpolated) or market (official trapezoid)."),
@@ -200,9 +203,11 @@ def evaluate_command(
         rerank=RerankOptions(k1, k2, lam, rerank_distance.value, rerank_exclude_junk) if rerank else None,
         index=IndexOptions(index, k, nprobe, topk_ap.value) if index is not None else None,
         expand=expansion_option(expand, qe_k, qe_alpha, dba_k),
-        multi_query=multi_query.value if multi_query else None,
+        multi_query=multi_query.value if multi_query else None, local_weight=local_weight,
     )
     options.check()
+    if ray is not None:
+        options.check_on_cluster()
     run_dir = check_run_target(out if out is not None else new_run_dir(workspace, "evaluate"), overwrite=overwrite)
     with cluster_for(ray) as cluster, stage_progress(quiet=json_out) as progress:
         evaluation = evaluate_files(embeddings, gallery, query_split, gallery_split, options, progress, cluster=cluster)
@@ -225,6 +230,6 @@ def command_line(ctx: typer.Context) -> str:
         if param.param_type_name == "argument":
             words.append(str(value))
         elif value is not None and value != default:
-            flag = max(param.opts, key=len)
+            flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])  # the first long name
             words += [flag] if value is True else [flag, str(value)]
     return shlex.join(words)

@@ -11,6 +11,7 @@ here, so the same evaluation gives the same run folder through either door.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.eval.distances import EVAL_METRICS
+from retrieval.common.metrics import ALIGNED, RANKING_METRICS
 from retrieval.eval.evaluate import KEEP_TOP
 from retrieval.indexes.distance import metric_from_name
 from retrieval.common.progress import ProgressCallback, no_progress
@@ -29,7 +30,7 @@ from retrieval.run_schema import input_paths, ranking_tables, run_record
 
 MAX_RANK = 50  # the CMC curve is always stored up to rank 50 (further when cmc_ranks asks)
 TABLE_RANKS = (1, 5, 10, 20)
-METRICS = EVAL_METRICS
+METRICS = RANKING_METRICS
 MULTI_QUERY = ("mean", "max")
 DEFAULT_CMC_MODE = "multi-gallery-shot"
 
@@ -89,10 +90,20 @@ class EvaluateOptions:
     block_rows: int | None = None
     expand: Any = None  # eval.expansion.Expansion (jobs.expand.expansion_option): before ranking and re-ranking
     multi_query: str | None = None  # mean | max: queries pooled over (pid, camid)
+    local_weight: float | None = None  # metric aligned: w of global + w · local (None: 1)
 
     @property
     def distance(self) -> str:
         return self.metric or "euclidean"
+
+    @property
+    def aligned_weight(self) -> float | None:
+        """w of the aligned distance (global + w · local); None for the other metrics."""
+        if self.metric != ALIGNED:
+            return None
+        from retrieval.eval.aligned import DEFAULT_LOCAL_WEIGHT
+
+        return DEFAULT_LOCAL_WEIGHT if self.local_weight is None else float(self.local_weight)
 
     @property
     def stored_ranks(self) -> int:
@@ -117,6 +128,31 @@ class EvaluateOptions:
                 raise OptionError("--expand needs the embeddings' full rankings, not an index's top-k lists", "--expand")
         if self.multi_query is not None and self.multi_query not in MULTI_QUERY:
             raise OptionError(f"unknown multi-query pooling {self.multi_query!r}; expected mean or max", "--multi-query")
+        self._check_aligned()
+
+    def check_on_cluster(self) -> None:
+        """What a Ray evaluation cannot do (checked before a cluster is started)."""
+        if self.index is not None:
+            return  # a sharded index is searched on the cluster; the rest runs here
+        if self.expand is not None or self.multi_query is not None:
+            raise OptionError("query expansion, DBA and multi-query pooling need the whole gallery in one process; "
+                              "they are not available with --ray", "--expand" if self.expand is not None else "--multi-query")
+        if self.metric == ALIGNED:
+            raise OptionError("the aligned distance ranks in one process; it is not available with --ray", "--metric")
+
+    def _check_aligned(self) -> None:
+        if self.metric != ALIGNED:
+            if self.local_weight is not None:
+                raise OptionError("the local weight is the aligned distance's (--metric aligned)", "--local-weight")
+            return
+        if self.local_weight is not None and not (math.isfinite(self.local_weight) and self.local_weight >= 0):
+            raise OptionError(f"must be a finite number ≥ 0, got {self.local_weight}", "--local-weight")
+        for given, flag, what in ((self.index, "--index", "an index's top-k lists hold global distances only"),
+                                  (self.expand, "--expand", "expansion averages the global embeddings, not the parts"),
+                                  (self.multi_query, "--multi-query", "pooling averages the global embeddings, "
+                                                                      "not the parts")):
+            if given is not None:
+                raise OptionError(f"not available with --metric aligned: {what}", flag)
 
     def parameters(self, compute_device: str, splits: dict[str, str | None]) -> dict[str, Any]:
         """The run.json ``parameters`` of this evaluation."""
@@ -136,6 +172,7 @@ class EvaluateOptions:
             "expand": None if expand is None else list(expand.methods),
             "qe_k": None if expand is None else expand.qe_k, "qe_alpha": None if expand is None else expand.qe_alpha,
             "dba_k": None if expand is None else expand.dba_k, "multi_query": self.multi_query,
+            "local_weight": self.aligned_weight,
         }
 
 
@@ -324,9 +361,7 @@ def evaluate_on_cluster(embeddings: Path, gallery_file: Path | None, query_split
     if options.cmc_mode != "multi-gallery-shot":
         raise OptionError("single-gallery-shot CMC samples one item per identity over the whole gallery; it is not "
                           "available with --ray", "--cmc-mode")
-    if options.expand is not None or options.multi_query is not None:
-        raise OptionError("query expansion, DBA and multi-query pooling need the whole gallery in one process; "
-                          "they are not available with --ray", "--expand" if options.expand is not None else "--multi-query")
+    options.check_on_cluster()
     clock = time.perf_counter()
     sets = distributed_sets(embeddings, gallery_file, query_split, gallery_split, options.protocol, need_gallery=True,
                             min_parts=cluster.workers)
@@ -361,9 +396,29 @@ def default_inputs(queries: LabelledVectors, gallery: LabelledVectors | None) ->
 
 
 def embedding_source(queries, gallery, options: EvaluateOptions, device: str):
+    if options.metric == ALIGNED:
+        from retrieval.eval.aligned import AlignedDistances
+
+        check_parts(queries, gallery)
+        return AlignedDistances(queries.vectors, gallery.vectors, queries.parts, gallery.parts, queries.num_parts,
+                                options.aligned_weight)
     from retrieval.eval.distances import EmbeddingDistances
 
     return EmbeddingDistances(queries.vectors, gallery.vectors, metric=options.distance, device=device)
+
+
+def check_parts(queries: LabelledVectors, gallery: LabelledVectors) -> None:
+    """One clear line when the aligned distance cannot be computed: no parts, or parts that differ."""
+    from retrieval.data.errors import DataError
+
+    for name, side in (("queries", queries), ("gallery", gallery)):
+        if side.parts is None:
+            where = f"{side.source}: " if side.source else ""
+            raise DataError(f"{where}the {name} have no 'parts' column; --metric aligned needs part features "
+                            "(retrieve embed writes them for a model trained with --parts P)")
+    if queries.num_parts != gallery.num_parts or queries.parts.shape[1] != gallery.parts.shape[1]:
+        raise DataError(f"the queries have {queries.num_parts} parts of {queries.parts.shape[1] // queries.num_parts} "
+                        f"values, the gallery {gallery.num_parts} of {gallery.parts.shape[1] // gallery.num_parts}")
 
 
 def _ranking_stage(source, queries: LabelledVectors, gallery: LabelledVectors, options: EvaluateOptions, progress):
@@ -390,6 +445,15 @@ def rerank_source(queries, gallery, options: EvaluateOptions, device: str, progr
     if rerank.k1 >= graph_size:
         raise OptionError(f"k1 must be smaller than the {graph_size} items of the re-ranking graph, got {rerank.k1}",
                           "--k1")
+    if options.metric == ALIGNED:
+        from retrieval.eval.aligned import AlignedReranked
+
+        check_parts(queries, gallery)
+        return AlignedReranked(
+            queries.vectors, gallery.vectors, queries.parts, gallery.parts, queries.num_parts,
+            local_weight=options.aligned_weight, k1=rerank.k1, k2=rerank.k2, lambda_=rerank.lambda_,
+            distance=rerank.distance, exclude_from_graph=exclude, progress=progress,
+        )
     return RerankedDistances(
         queries.vectors, gallery.vectors, k1=rerank.k1, k2=rerank.k2, lambda_=rerank.lambda_,
         distance=rerank.distance, metric=options.distance, exclude_from_graph=exclude, progress=progress, device=device,

@@ -48,6 +48,7 @@ def options_of_run(parameters: dict[str, Any]) -> EvaluateOptions:
         expand=expansion_option(parameters.get("expand"), parameters.get("qe_k", 5), parameters.get("qe_alpha", 3.0),
                                 parameters.get("dba_k", 5)),
         multi_query=parameters.get("multi_query"),
+        local_weight=parameters.get("local_weight"),
     )
 
 
