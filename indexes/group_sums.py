@@ -42,11 +42,32 @@ def exact_group_sums(x: np.ndarray, groups: np.ndarray, num_groups: int) -> np.n
         sums = np.add.reduceat(strip, starts, axis=0)
         magnitude = np.add.reduceat(np.abs(strip), starts, axis=0)
         keys, unsure = round_with_bound(sums, coefficient * magnitude)
+        if unsure.any():
+            exact = unsure & _float64_sum_is_exact(strip, starts, magnitude)
+            keys[exact] = sums[exact].astype(np.float32)  # round half to even, as integer_sum
+            unsure &= ~exact
         for g, c in zip(*np.nonzero(unsure)):
             members = order[starts[g]:starts[g] + counts[g]]
             keys[g, c] = integer_sum(x[members, c0 + c])
         out[present, c0:c0 + columns] = keys
     return out
+
+
+def _float64_sum_is_exact(strip: np.ndarray, starts: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """Per (group, column): whether the float64 sum of the group's float32 values is their exact sum.
+
+    A float32 v = f·2^e (frexp, f of at most 24 significant bits) is a multiple of 2^(e − 24), so
+    every value of a group, and every partial sum in any order, is a multiple of 2^m with m the
+    smallest such exponent. float64 holds every multiple of 2^m below 2^(m + 53) exactly, and no
+    partial sum exceeds Σ|v| in size: when Σ|v| < 2^(m + 53) no addition rounds. (Σ|v| itself is
+    then exact; when it is not below the limit, its float64 value is not either, rounding being
+    monotone.) The common case this settles: a few float32 values whose exact sum lies exactly
+    halfway between two float32 values, which no error bound can decide.
+    """
+    exponents = np.frexp(strip)[1].astype(np.int64) - 24
+    exponents[strip == 0] = np.iinfo(np.int32).max  # zeros do not lower the grid
+    lowest = np.minimum.reduceat(exponents, starts, axis=0)
+    return magnitude < np.ldexp(1.0, np.minimum(lowest + 53, 1023))
 
 
 def integer_sum(values: np.ndarray) -> np.float32:

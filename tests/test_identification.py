@@ -371,3 +371,17 @@ def test_bad_arguments_are_one_line_errors():
         identify(q, g, qpid, np.where(np.arange(len(g)) == 2, -3, gpid))
     with pytest.raises(EvaluationError, match="CMC ranks"):
         identify(q, g, qpid, gpid, ranks=(0,))
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 30), count=st.integers(1, 12), spread=st.integers(0, 60), seed=st.integers(0, 2**31))
+def test_group_sums_on_short_values_whose_sums_sit_on_midpoints(bits, count, spread, seed):
+    """Values with few significant bits make exact sums halfway between float32 values (the float64
+    sum is exact there and decides it) and, with a wide exponent spread, sums float64 cannot hold."""
+    rng = np.random.default_rng(seed)
+    mantissa = rng.integers(-(2**bits), 2**bits, (count * 3, 2))
+    x = np.ldexp(mantissa.astype(np.float64), rng.integers(-spread, spread + 1, (count * 3, 2)) - bits).astype(np.float32)
+    groups = np.repeat(np.arange(3), count)
+    got = exact_group_sums(x, groups, 3)
+    for k in range(3):
+        np.testing.assert_array_equal(got[k], reference_sum(x[groups == k]))
