@@ -47,7 +47,8 @@ DEFAULT_LOCAL_WEIGHT = 1.0
 
 
 def as_stripes(parts: np.ndarray, num_parts: int) -> np.ndarray:
-    """(n, P·d) or (n, P, d) part features as a float32 (n·P, d) matrix of stripes, row after row."""
+    """(n, P·d) or (n, P, d) part features as a float32 (P·n, d) matrix of stripes, stripe-major:
+    row i·n + r is stripe i of row r (so one stripe of a block of rows is a contiguous range)."""
     parts = np.asarray(parts)
     if parts.ndim == 2:
         if num_parts < 1 or parts.shape[1] % num_parts:
@@ -55,7 +56,7 @@ def as_stripes(parts: np.ndarray, num_parts: int) -> np.ndarray:
         parts = parts.reshape(len(parts), num_parts, parts.shape[1] // num_parts)
     if parts.ndim != 3 or parts.shape[1] != num_parts:
         raise ValueError(f"expected part features of shape (n, {num_parts}, d) or (n, {num_parts}·d), got {parts.shape}")
-    return np.ascontiguousarray(parts.reshape(-1, parts.shape[2]), dtype=np.float32)
+    return np.ascontiguousarray(parts.transpose(1, 0, 2).reshape(-1, parts.shape[2]), dtype=np.float32)
 
 
 def shortest_path(element: np.ndarray) -> np.ndarray:
@@ -79,7 +80,7 @@ def shortest_path_leading(element: np.ndarray) -> np.ndarray:
     """:func:`shortest_path` over the first two axes of a C-contiguous (P, P, ...) array: the same
     operations in the same order on contiguous slabs (one row of partial sums kept)."""
     rows, cols = element.shape[:2]
-    row = np.empty((cols,) + element.shape[2:], dtype=np.float64)
+    row = np.empty((cols,) + element.shape[2:], dtype=element.dtype)
     np.cumsum(element[0], axis=0, out=row)  # the top row: sums from the left, in order
     for i in range(1, rows):
         np.add(row[0], element[i, 0], out=row[0])
@@ -107,20 +108,52 @@ class PartSpace:
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """(stop − start, G) float64 aligned local distances of query rows ``start .. stop``."""
-        p = self.num_parts
-        keys = self.space.exact_block(start * p, stop * p).reshape(stop - start, p, self.num_gallery, p)
-        element = np.sqrt(np.ascontiguousarray(keys.transpose(1, 3, 0, 2), dtype=np.float64))  # [i, j, query, gallery]
-        return shortest_path_leading(element)
+        p, q, g, b = self.num_parts, self.num_queries, self.num_gallery, stop - start
+        element = np.empty((p, p, b, g), dtype=np.float64)  # [query stripe, gallery stripe, query, gallery]
+        for i in range(p):
+            keys = self.space.exact_block(i * q + start, i * q + stop).reshape(b, p, g)
+            element[i] = keys.transpose(1, 0, 2)
+        return shortest_path_leading(np.sqrt(element, out=element))
+
+    def approx_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(stop − start, G) approximate aligned local distances (float32) and a per-row bound on their error.
+
+        One float32 GEMM of the block's stripes against the gallery's (keys within the distance core's bound B of the exact
+        ones): each element distance is within min(√B, B / its value) of the exact one, and a
+        monotone path has 2P − 1 cells, so every path sum, the shortest included, moves by at most
+        2P − 1 times the row's largest element error. float32 rounding (the square roots and the
+        path sums) is added by the caller.
+        """
+        p, q, g, b = self.num_parts, self.num_queries, self.num_gallery, stop - start
+        stripe_rows = (np.arange(p)[:, None] * q + np.arange(start, stop)[None, :]).ravel()  # [i, query]
+        keys = self.space.cpu_block(0, 0, rows=stripe_rows).reshape(p, b, p, g)  # [i, query, j, gallery]
+        element = np.ascontiguousarray(keys.transpose(0, 2, 1, 3))  # [i, j, query, gallery]
+        key_bound = self.space.bounds.rows_at(stripe_rows).reshape(p, b).max(axis=0)
+        np.maximum(element, np.float32(0.0), out=element)
+        np.sqrt(element, out=element)
+        nearest = element.min(axis=(0, 1, 3)).astype(np.float64) if element.size else np.full(b, np.inf)
+        return shortest_path_leading(element), (2 * p - 1) * root_error(key_bound, nearest)
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """float64 aligned local distances of (query row, gallery row) pairs: each equals its block value."""
-        p = self.num_parts
-        offsets = np.arange(p, dtype=np.int64)
-        stripe_rows = np.asarray(rows, np.int64)[:, None, None] * p + offsets[None, :, None]
-        stripe_cols = np.asarray(cols, np.int64)[:, None, None] * p + offsets[None, None, :]
+        p, q, g = self.num_parts, self.num_queries, self.num_gallery
+        stripes = np.arange(p, dtype=np.int64)
+        stripe_rows = stripes[:, None, None] * q + np.asarray(rows, np.int64)[None, None, :]
+        stripe_cols = stripes[None, :, None] * g + np.asarray(cols, np.int64)[None, None, :]
         stripe_rows, stripe_cols = np.broadcast_arrays(stripe_rows, stripe_cols)
-        keys = self.space.exact(stripe_rows.ravel(), stripe_cols.ravel()).reshape(len(rows), p, p)
-        return shortest_path_leading(np.sqrt(np.ascontiguousarray(keys.transpose(1, 2, 0), dtype=np.float64)))
+        keys = self.space.exact(stripe_rows.ravel(), stripe_cols.ravel()).reshape(p, p, len(rows))
+        return shortest_path_leading(np.sqrt(keys.astype(np.float64)))
+
+
+def root_error(key_bound: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """A bound on |√max(k̃, 0) − √k| for every approximate key k̃ of a row, |k̃ − k| ≤ key_bound, k ≥ 0.
+
+    ``nearest``: the row's smallest √max(k̃, 0). |√k − √k̃| = |k − k̃| / (√k + √k̃) ≤ B / √k̃, and
+    |√x − √y| ≤ √|x − y| ≤ √B always; inflated for the float64 rounding of both.
+    """
+    with np.errstate(divide="ignore"):
+        bound = np.minimum(np.sqrt(key_bound), key_bound / nearest)
+    return bound * (1.0 + 2.0**-20) + 2.0**-1000
 
 
 def aligned_distances(query_parts: np.ndarray, gallery_parts: np.ndarray, num_parts: int,
@@ -194,12 +227,36 @@ class AlignedDistances:
         local += np.sqrt(self.global_space.exact_block(start, stop).astype(np.float64))
         return local
 
+    def approx_values(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(stop − start, G) approximate distances from float32 GEMMs and a per-row bound on their distance
+        from the exact values: the local bound × w, the global one, and rounding (every term is ≥ 0,
+        so the float32 square roots and path sums of the approximation are within (2P + 1)·2⁻²⁴ of
+        its local value, and the float64 operations of either side within (2P + 4)·2⁻⁵³)."""
+        local32, local_error = self.parts.approx_block(start, stop)
+        local = local32.astype(np.float64)
+        global_part = self.global_space.cpu_block(start, stop).astype(np.float64)
+        np.maximum(global_part, 0.0, out=global_part)
+        np.sqrt(global_part, out=global_part)
+        nearest = global_part.min(axis=1) if global_part.size else np.full(stop - start, np.inf)
+        error = self.local_weight * local_error + root_error(self.global_space.bounds.rows(start, stop), nearest)
+        local *= self.local_weight
+        local += global_part
+        largest = local.max(axis=1) if local.size else np.zeros(stop - start)
+        error += (largest + error) * ((2 * self.parts.num_parts + 4) * 2.0**-23)
+        return local, error * (1.0 + 2.0**-20)
+
     def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
+        """Approximate blocks with their bound; the ranking settles every close comparison with :meth:`exact`."""
+        rows = self.rows_per_block(block_rows)
+        for start in range(0, self.num_queries, rows):
+            values, bound = self.approx_values(start, min(start + rows, self.num_queries))
+            yield DistanceBlock(start, values, bound, lambda local_rows, cols, first=start: self.exact(local_rows + first, cols))
+
+    def exact_blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
+        """Blocks of exact values for every pair (all-pairs statistics, the distance export)."""
         rows = self.rows_per_block(block_rows)
         for start in range(0, self.num_queries, rows):
             yield DistanceBlock.exact_values(start, self.values(start, min(start + rows, self.num_queries)))
-
-    exact_blocks = blocks
 
     def exact(self, query_rows: np.ndarray, gallery_cols: np.ndarray) -> np.ndarray:
         """Exact float64 distances of (query row, gallery column) pairs: each equals its block value."""
@@ -283,6 +340,6 @@ class AlignedReranked(RerankedDistances):
         return d * d
 
     def _key_blocks(self, block_rows: int):
-        for block in self.base.blocks(block_rows):
+        for block in self.base.exact_blocks(block_rows):  # exact values: the final step's bound is 0
             squared = block.values * block.values
             yield block.start, squared, np.zeros(len(squared))

@@ -343,7 +343,11 @@ class BlockBounds:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """(b,) per-row bound on |approx − key| for every entry of rows start..stop."""
-        qn = self.query_norms[start:stop]
+        return self.rows_at(slice(start, stop))
+
+    def rows_at(self, rows: "slice | np.ndarray") -> np.ndarray:
+        """:meth:`rows` for any query rows (a slice or an index array)."""
+        qn = self.query_norms[rows]
         if self.squared:
             return self.coefficient * (qn + self.gallery_max_norm) ** 2 + 2.0**-120
         return self.coefficient * qn * self.gallery_max_norm + 2.0**-120
@@ -457,21 +461,25 @@ class KeySpace:
             stop = min(start + block_rows, last)
             yield start, self.cpu_block(start, stop)
 
-    def cpu_block(self, start: int, stop: int, cols: "slice | None" = None) -> np.ndarray:
+    def cpu_block(self, start: int, stop: int, cols: "slice | None" = None,
+                  rows: "np.ndarray | None" = None) -> np.ndarray:
         """(b, G) float32 approximate keys: one BLAS call, ‖q‖² + ‖g‖² entering as its initial C.
 
-        Not clamped at 0: a value may be slightly negative, within the bound like any other.
+        Query rows ``start .. stop``, or the rows of the index array ``rows`` when given (their
+        bound: ``bounds.rows_at(rows)``). Not clamped at 0: a value may be slightly negative,
+        within the bound like any other.
         """
         from scipy.linalg import blas
 
+        picked = slice(start, stop) if rows is None else rows
         gallery = self.gallery if cols is None else self.gallery[cols]
-        queries = self.queries[start:stop]
+        queries = self.queries[picked]
         if self.metric.squared:
             gallery_sq = self.gallery_sq if cols is None else self.gallery_sq[cols]
-            initial = np.add.outer(self.query_sq[start:stop], gallery_sq)
+            initial = np.add.outer(self.query_sq[picked], gallery_sq)
             alpha, beta = -2.0, 1.0
         else:
-            initial = np.zeros((stop - start, len(gallery)), np.float32)
+            initial = np.zeros((len(queries), len(gallery)), np.float32)
             alpha, beta = -1.0, 0.0
         # column-major view of the (b, G) result: C' = α·G·Qᵀ + β·C', no transposed copies
         out = blas.sgemm(alpha, gallery.T, queries.T, beta=beta, c=initial.T, trans_a=True, overwrite_c=1)

@@ -138,9 +138,15 @@ def test_aligned_ranking_distance_equals_the_brute_force(w):
     source = AlignedDistances(qv, gv, qp, gp, p, w)
     want = brute_aligned(qv, gv, qp, gp, p, w)
     for rows in (1, 2, 5):
-        blocks = list(source.blocks(rows))
-        assert all(not block.bound.any() for block in blocks)  # exact values
-        np.testing.assert_array_equal(np.concatenate([b.values for b in blocks]), want)
+        exact = list(source.exact_blocks(rows))
+        assert all(not block.bound.any() for block in exact)  # exact values
+        np.testing.assert_array_equal(np.concatenate([b.values for b in exact]), want)
+        for block in source.blocks(rows):  # the float32 filter: within its bound of the exact values
+            rows_, cols_ = np.indices(block.values.shape).reshape(2, -1)
+            exact_values = block.exact(rows_, cols_).reshape(block.values.shape)
+            np.testing.assert_array_equal(exact_values, want[block.start:block.stop])
+            assert (np.abs(block.values - exact_values) <= block.bound[:, None]).all()
+            assert (block.bound < 1e-3).all()  # and the bound is tight enough to filter
     rows, cols = np.divmod(np.random.default_rng(0).permutation(want.size), want.shape[1])
     np.testing.assert_array_equal(source.exact(rows, cols), want[rows, cols])
     assert np.array_equal(want[:, 2], want[:, 7])  # the duplicate ties exactly
@@ -163,6 +169,40 @@ def test_aligned_ranking_through_the_evaluator_equals_the_matrix_with_junk_and_t
         assert got.per_query.column("ap").to_pylist() == ref.per_query.column("ap").to_pylist()
         assert got.rankings.column("gallery_id").to_pylist() == ref.rankings.column("gallery_id").to_pylist()
         assert got.rankings.column("distance").to_pylist() == ref.rankings.column("distance").to_pylist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31), scale=st.sampled_from([1e-3, 1.0, 50.0]), w=st.sampled_from([0.0, 0.3, 4.0]))
+def test_filter_bound_holds_with_duplicates_and_any_scale(seed, scale, w):
+    """Exact duplicates (keys 0, where the square root's error is largest) and scaled vectors."""
+    rng = np.random.default_rng(seed)
+    qv = (scale * rng.standard_normal((6, 16))).astype(np.float32)
+    gv = (scale * rng.standard_normal((20, 16))).astype(np.float32)
+    qp = (scale * rng.standard_normal((6, 4 * 8))).astype(np.float32)
+    gp = (scale * rng.standard_normal((20, 4 * 8))).astype(np.float32)
+    gv[3], gp[3] = qv[0], qp[0]  # a query's duplicate
+    gp[7, :8] = qp[1, 8:16]  # one stripe shared, shifted by one
+    source = AlignedDistances(qv, gv, qp, gp, 4, w)
+    for block in source.blocks(4):
+        rows, cols = np.indices(block.values.shape).reshape(2, -1)
+        exact = block.exact(rows, cols).reshape(block.values.shape)
+        assert (np.abs(block.values - exact) <= block.bound[:, None]).all()
+
+
+def test_ranks_do_not_depend_on_where_the_filter_lands_inside_its_bound():
+    """An adversarial source moves every approximate value anywhere inside the bound (to its edge, too)."""
+    from test_exact_distances import AnyKernel
+
+    from retrieval.eval.evaluate import evaluate_ranking
+
+    qv, gv, qp, gp, p = aligned_case(5, n_q=6, n_g=14)
+    q_pid, g_pid = np.array([0, 1, 2, 3, 0, 9]), np.array([0, 1, 2, 2, 3, -1, 0, 2, 1, 3, -1, 4, 9, 0])
+    reference = evaluate_ranking(AlignedDistances(qv, gv, qp, gp, p, 0.5), q_pid, g_pid, protocol="no-camera", keep_top=6)
+    for seed, edge in [(0, False), (1, True), (2, True)]:
+        moved = evaluate_ranking(AnyKernel(AlignedDistances(qv, gv, qp, gp, p, 0.5), seed, edge), q_pid, g_pid,
+                                 protocol="no-camera", keep_top=6, block_rows=4)
+        assert moved.mAP == reference.mAP and np.array_equal(moved.cmc, reference.cmc)
+        assert moved.rankings.equals(reference.rankings)
 
 
 def test_aligned_source_errors_are_clear():
@@ -207,3 +247,14 @@ def test_aligned_reranking_without_junk_items_equals_reranking_the_data_without_
     got = AlignedReranked(qv, gv, qp, gp, p, k1=4, k2=2, exclude_from_graph=left_out).dense()
     alone = AlignedReranked(qv, gv[kept], qp, gp[kept], p, k1=4, k2=2).dense()
     np.testing.assert_array_equal(got[:, kept], alone)
+
+
+def test_reranked_blocks_keep_the_distance_block_contract():
+    """Every value of a re-ranked block is within the block's bound of its exact value."""
+    qv, gv, qp, gp, p = aligned_case(9, n_q=5, n_g=16)
+    source = AlignedReranked(qv, gv, qp, gp, p, local_weight=0.7, k1=5, k2=2)
+    for block in source.blocks(2):
+        rows, cols = np.indices(block.values.shape).reshape(2, -1)
+        exact = block.exact(rows, cols).reshape(block.values.shape)
+        assert (np.abs(block.values - exact) <= block.bound[:, None]).all()
+    np.testing.assert_array_equal(source.dense(2), source.dense(5))
