@@ -116,13 +116,13 @@ class PartSpace:
         return shortest_path_leading(np.sqrt(element, out=element))
 
     def approx_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """(stop − start, G) approximate aligned local distances (float32) and a per-row bound on their error.
+        """(stop − start, G) approximate aligned local distances (float32) and a bound on each one's error.
 
-        One float32 GEMM of the block's stripes against the gallery's (keys within the distance core's bound B of the exact
-        ones): each element distance is within min(√B, B / its value) of the exact one, and a
-        monotone path has 2P − 1 cells, so every path sum, the shortest included, moves by at most
-        2P − 1 times the row's largest element error. float32 rounding (the square roots and the
-        path sums) is added by the caller.
+        One float32 GEMM of the block's stripes against the gallery's (keys within the distance
+        core's bound B of the exact ones): each element distance is within min(√B, B / its value)
+        of the exact one, and a monotone path has 2P − 1 cells, so every path sum, the shortest
+        included, moves by at most 2P − 1 times the pair's largest element error. float32
+        rounding (the square roots and the path sums) is added by the caller.
         """
         p, q, g, b = self.num_parts, self.num_queries, self.num_gallery, stop - start
         stripe_rows = (np.arange(p)[:, None] * q + np.arange(start, stop)[None, :]).ravel()  # [i, query]
@@ -131,8 +131,8 @@ class PartSpace:
         key_bound = self.space.bounds.rows_at(stripe_rows).reshape(p, b).max(axis=0)
         np.maximum(element, np.float32(0.0), out=element)
         np.sqrt(element, out=element)
-        nearest = element.min(axis=(0, 1, 3)).astype(np.float64) if element.size else np.full(b, np.inf)
-        return shortest_path_leading(element), (2 * p - 1) * root_error(key_bound, nearest)
+        nearest = element.min(axis=(0, 1)).astype(np.float64)  # per pair: its smallest element distance
+        return shortest_path_leading(element), (2 * p - 1) * root_error(key_bound[:, None], nearest)
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """float64 aligned local distances of (query row, gallery row) pairs: each equals its block value."""
@@ -146,10 +146,11 @@ class PartSpace:
 
 
 def root_error(key_bound: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """A bound on |√max(k̃, 0) − √k| for every approximate key k̃ of a row, |k̃ − k| ≤ key_bound, k ≥ 0.
+    """A bound on |√max(k̃, 0) − √k| for approximate keys k̃ with |k̃ − k| ≤ key_bound, k ≥ 0.
 
-    ``nearest``: the row's smallest √max(k̃, 0). |√k − √k̃| = |k − k̃| / (√k + √k̃) ≤ B / √k̃, and
-    |√x − √y| ≤ √|x − y| ≤ √B always; inflated for the float64 rounding of both.
+    ``nearest``: √max(k̃, 0) of the key (or the smallest of the keys the bound is for).
+    |√k − √k̃| = |k − k̃| / (√k + √k̃) ≤ B / √k̃, and |√x − √y| ≤ √|x − y| ≤ √B always; inflated
+    for the rounding of both.
     """
     with np.errstate(divide="ignore"):
         bound = np.minimum(np.sqrt(key_bound), key_bound / nearest)
@@ -228,28 +229,29 @@ class AlignedDistances:
         return local
 
     def approx_values(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """(stop − start, G) approximate distances from float32 GEMMs and a per-row bound on their distance
-        from the exact values: the local bound × w, the global one, and rounding (every term is ≥ 0,
+        """(stop − start, G) approximate distances from float32 GEMMs and a bound on each one's distance
+        from its exact value: the local bound × w, the global one, and rounding (every term is ≥ 0,
         so the float32 square roots and path sums of the approximation are within (2P + 1)·2⁻²⁴ of
         its local value, and the float64 operations of either side within (2P + 4)·2⁻⁵³)."""
-        local32, local_error = self.parts.approx_block(start, stop)
+        local32, error = self.parts.approx_block(start, stop)
         local = local32.astype(np.float64)
         global_part = self.global_space.cpu_block(start, stop).astype(np.float64)
         np.maximum(global_part, 0.0, out=global_part)
         np.sqrt(global_part, out=global_part)
-        nearest = global_part.min(axis=1) if global_part.size else np.full(stop - start, np.inf)
-        error = self.local_weight * local_error + root_error(self.global_space.bounds.rows(start, stop), nearest)
+        error *= self.local_weight
+        error += root_error(self.global_space.bounds.rows(start, stop)[:, None], global_part)
         local *= self.local_weight
         local += global_part
-        largest = local.max(axis=1) if local.size else np.zeros(stop - start)
-        error += (largest + error) * ((2 * self.parts.num_parts + 4) * 2.0**-23)
-        return local, error * (1.0 + 2.0**-20)
+        error += (local + error) * ((2 * self.parts.num_parts + 4) * 2.0**-23)
+        error *= 1.0 + 2.0**-20
+        return local, error
 
     def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
         """Approximate blocks with their bound; the ranking settles every close comparison with :meth:`exact`."""
         rows = self.rows_per_block(block_rows)
         for start in range(0, self.num_queries, rows):
-            values, bound = self.approx_values(start, min(start + rows, self.num_queries))
+            values, error = self.approx_values(start, min(start + rows, self.num_queries))
+            bound = error.max(axis=1) if error.size else np.zeros(len(values))
             yield DistanceBlock(start, values, bound, lambda local_rows, cols, first=start: self.exact(local_rows + first, cols))
 
     def exact_blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
@@ -268,6 +270,34 @@ class AlignedDistances:
         local *= self.local_weight
         local += np.sqrt(self.global_space.exact(rows, cols).astype(np.float64))
         return local
+
+
+def nearest_squared(space: AlignedDistances, start: int, stop: int, k: int,
+                    inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For query rows ``start .. stop`` of ``space``: each row's largest squared distance, and for the
+    rows ``inside`` (positions in the block) the columns and squared distances of their k nearest,
+    in the order (squared distance, column). All from exact values.
+
+    The float32 filter (each value within its own bound of the exact one) chooses candidates: at
+    least k exact values are at most the k-th smallest upper end, so a column whose lower end
+    exceeds it is not among the k nearest (nor tied with them); likewise for the farthest. Only the
+    candidates get exact values.
+    """
+    approx, error = space.approx_values(start, stop)
+    error *= 1.0 + 2.0**-20
+    low, high = approx - error, approx + error  # each exact value lies in [low, high]
+    floor = low.max(axis=1)  # the exact maximum is at least this: only columns reaching it can hold it
+    rows, cols = np.nonzero(high >= (floor - np.abs(floor) * 2.0**-40)[:, None])
+    farthest = np.zeros(stop - start)
+    np.maximum.at(farthest, rows, space.exact(rows + start, cols))
+    ceiling = np.partition(high[inside], k - 1, axis=1)[:, k - 1]  # the k-th nearest is at most this
+    rows, cols = np.nonzero(low[inside] <= (ceiling + np.abs(ceiling) * 2.0**-40)[:, None])
+    squared = space.exact(inside[rows] + start, cols)
+    np.multiply(squared, squared, out=squared)
+    order = np.lexsort((cols, squared, rows))  # by row, then (squared distance, column)
+    rows, cols, squared = rows[order], cols[order], squared[order]
+    pick = np.searchsorted(rows, np.arange(len(inside)))[:, None] + np.arange(k)[None, :]
+    return farthest * farthest, cols[pick], squared[pick]
 
 
 class AlignedReranked(RerankedDistances):
@@ -299,7 +329,7 @@ class AlignedReranked(RerankedDistances):
         self._graph = self._gallery_v = self._gallery_rows = self._space = None
 
     def _build_graph(self) -> NeighbourhoodGraph:
-        """Steps 1–2 from exact aligned distances of every item to every item in the graph, then 3–6."""
+        """Steps 1–2 from exact aligned distances (found through the float32 filter), then 3–6."""
         vectors, parts, num_parts = self._items
         members = np.flatnonzero(self.in_graph)
         n_items, k = len(vectors), self.k1 + 1
@@ -314,13 +344,10 @@ class AlignedReranked(RerankedDistances):
         rows = space.rows_per_block()
         for start in range(0, n_items, rows):
             stop = min(start + rows, n_items)
-            squared = space.values(start, stop)
-            np.multiply(squared, squared, out=squared)
-            row_max[start:stop] = squared.max(axis=1)
             inside = np.flatnonzero(self.in_graph[start:stop])
-            order = np.argsort(squared[inside], axis=1, kind="stable")[:, :k]  # ties by item order
-            neighbours[position[start + inside]] = order
-            nearest[position[start + inside]] = np.take_along_axis(squared[inside], order, axis=1)
+            row_max[start:stop], found, squared = nearest_squared(space, start, stop, k, inside)
+            neighbours[position[start + inside]] = found
+            nearest[position[start + inside]] = squared
             if self._progress is not None:
                 self._progress("neighbours", stop, n_items)
 
