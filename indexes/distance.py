@@ -43,7 +43,6 @@ U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
 _PAIR_CHUNK_BYTES = 4 * 1024 * 1024  # gathered float64 rows per chunk of exact pair distances
 _CACHE_CHUNK_BYTES = 4 * 1024 * 1024  # the float64 rows of one chunk of pairs
-_PAIRS_PER_GEMV = 1024  # fewer pairs per query row than this on average: row-wise products instead of gemvs
 
 
 def metric_from_name(name: "str | Metric") -> Metric:
@@ -390,10 +389,9 @@ class KeySpace:
         """Exact keys of (query row, gallery column) pairs.
 
         First a float64 inner product (exact products, any summation order: a BLAS gemv per
-        query row, or, when the pairs spread over many query rows, one row-wise product per chunk
-        of pairs) with its bound, rounded to float32; the pairs whose bound straddles a rounding
-        point go through :func:`exact_pair_keys` together at the end. A row paired with itself
-        (queries and gallery one set) is 0 by definition.
+        query row) with its bound, rounded to float32; the pairs whose bound straddles a
+        rounding point go through :func:`exact_pair_keys` together at the end. A row paired
+        with itself (queries and gallery one set) is 0 by definition.
         """
         rows = np.asarray(query_rows, dtype=np.int64)
         cols = np.asarray(gallery_cols, dtype=np.int64)
@@ -403,18 +401,12 @@ class KeySpace:
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         bounds = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1], True])
-        if len(rows) < _PAIRS_PER_GEMV * (len(bounds) - 1):  # few pairs per query row: no loop over rows
-            chunk = max(1, _CACHE_CHUNK_BYTES // max(1, 16 * self.queries.shape[1]))
-            for s in range(0, len(rows), chunk):
-                q64 = self.queries[rows[s:s + chunk]].astype(np.float64)
-                dots[s:s + chunk] = np.einsum("ij,ij->i", q64, self.gallery[cols[s:s + chunk]].astype(np.float64))
-        else:
-            chunk = max(1, _CACHE_CHUNK_BYTES // max(1, 8 * self.queries.shape[1]))
-            for a, b in zip(bounds[:-1], bounds[1:]):  # one query vector against its gallery rows: a BLAS gemv
-                q64 = self.queries[sorted_rows[a]].astype(np.float64)
-                for s in range(a, b, chunk):
-                    take = order[s:min(s + chunk, b)]
-                    dots[take] = self.gallery[cols[take]].astype(np.float64) @ q64
+        chunk = max(1, _CACHE_CHUNK_BYTES // max(1, 8 * self.queries.shape[1]))
+        for a, b in zip(bounds[:-1], bounds[1:]):  # one query vector against its gallery rows: a BLAS gemv
+            q64 = self.queries[sorted_rows[a]].astype(np.float64)
+            for s in range(a, b, chunk):
+                take = order[s:min(s + chunk, b)]
+                dots[take] = self.gallery[cols[take]].astype(np.float64) @ q64
         out, unsure = self._round_dots(dots, rows, cols)
         if self.gallery is self.queries and self.metric.squared:
             itself = rows == cols

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from retrieval.eval.distances import DistanceBlock, EmbeddingDistances
 from retrieval.eval.evaluate import evaluate_ranking
 from retrieval.eval.rerank import RerankedDistances
-from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, prepare, round_scaled_integer
+from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, round_scaled_integer
 from retrieval.indexes.knn import exact_knn, exact_knn_between
 
 # ----------------------------------------------------------------------------- keys
@@ -294,20 +294,3 @@ def test_dropping_junk_columns_from_the_computation_changes_no_rank(monkeypatch)
     for query, ids in by_query.items():
         got = [r["gallery_id"] for r in dropped.rankings.to_pylist() if r["query_id"] == query]
         assert got[:len(ids)] == ids[:len(got)]
-
-
-@pytest.mark.parametrize("pairs_per_gemv", [0, 10**9])
-def test_keyspace_exact_pairs_by_either_product_path(monkeypatch, pairs_per_gemv):
-    """Row-wise products and per-row gemvs give the same exact keys (any summation order is in the bound)."""
-    import retrieval.indexes.distance as distance
-
-    monkeypatch.setattr(distance, "_PAIRS_PER_GEMV", pairs_per_gemv)
-    rng = np.random.default_rng(8)
-    a = rng.standard_normal((30, 64)).astype(np.float32)
-    b = np.concatenate([a[:5], rng.standard_normal((45, 64)).astype(np.float32)])  # duplicates: keys 0
-    rows, cols = rng.integers(0, 30, 400), rng.integers(0, 50, 400)
-    rows[:5], cols[:5] = np.arange(5), np.arange(5)
-    for metric in (Metric.SQEUCLIDEAN, Metric.INNER_PRODUCT):
-        got = KeySpace(a, b, metric).exact(rows, cols)
-        np.testing.assert_array_equal(got, exact_pair_keys(prepare(a, metric), rows, prepare(b, metric), cols, metric))
-    assert (KeySpace(a, b, Metric.SQEUCLIDEAN).exact(rows[:5], cols[:5]) == 0).all()
