@@ -402,10 +402,18 @@ def concat_embeddings(parts: Sequence[Embeddings], source: str, metadata: dict[s
         known = None if known.all() else known
     notes = tuple(dict.fromkeys(note for p in parts for note in p.notes))
     extra = pa.concat_tables([p.extra for p in parts]) if parts[0].extra.num_columns else parts[0].extra
+    metadata = dict(metadata)
+    stripes = cat("parts")
+    if stripes is not None:  # every file has part features: one P and one width across the folder
+        shapes = {(p.num_parts, p.parts.shape[1]) for p in parts}
+        if len(shapes) > 1:
+            raise DataError(f"{source}: its files' 'parts' columns differ (P, values per row): "
+                            f"{', '.join(f'{a} × {b // a}' for a, b in sorted(shapes))}")
+        metadata[schema.META_PARTS] = str(parts[0].num_parts)
     return Embeddings(
         ids=np.concatenate([p.ids for p in parts]), vectors=np.ascontiguousarray(np.concatenate([p.vectors for p in parts])),
         pid=cat("pid"), camid=camid, camid_known=known, split=cat("split"), path=cat("path"), extra=extra,
-        metadata=dict(metadata), source=source, notes=notes,
+        metadata=metadata, source=source, notes=notes, parts=stripes,
     )
 
 

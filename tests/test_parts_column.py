@@ -85,3 +85,28 @@ def test_write_refuses_parts_of_the_wrong_shape(tmp_path):
     with pytest.raises(DataError, match=r"parts must be an \(n, P, d\) array"):
         write_embeddings(tmp_path / "e.parquet", ["a", "b"], np.eye(2, dtype=np.float32), parts=np.zeros((2, 6), np.float32))
     assert not (tmp_path / "e.parquet").exists()
+
+
+def test_a_folder_of_files_keeps_the_parts(with_parts, tmp_path):
+    path, vectors, parts = with_parts
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    ids = [f"r{i}" for i in range(10)]
+    split = ["query"] * 3 + ["gallery"] * 7
+    for name, rows in (("a", slice(0, 4)), ("b", slice(4, 10))):
+        write_embeddings(folder / f"{name}.parquet", ids[rows], vectors[rows], pid=np.arange(10)[rows] // 2,
+                         split=split[rows], parts=parts[rows])
+    whole = read_embeddings(folder)
+    assert whole.num_parts == 4
+    np.testing.assert_array_equal(whole.parts, parts.reshape(10, 12))
+    np.testing.assert_array_equal(whole.by_split("gallery").parts, read_embeddings(path).by_split("gallery").parts)
+
+
+def test_a_folder_whose_files_have_other_part_shapes_is_refused(with_parts, tmp_path):
+    _, vectors, parts = with_parts
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_embeddings(folder / "a.parquet", ["a0", "a1"], vectors[:2], parts=parts[:2])  # 4 parts of 3
+    write_embeddings(folder / "b.parquet", ["b0", "b1"], vectors[2:4], parts=parts[2:4].reshape(2, 2, 6))  # 2 of 6
+    with pytest.raises(DataError, match=r"mixed: its files' 'parts' columns differ"):
+        read_embeddings(folder)
