@@ -258,6 +258,9 @@ def evaluate(queries: LabelledVectors, gallery: LabelledVectors | None, options:
     compute_device = resolve_device(options.device)
     timings: dict[str, float] = {}
     notes: list[str] = []
+    if options.metric == ALIGNED and compute_device != "cpu":
+        notes.append("the aligned distance is computed on the CPU (float64 exact values and a float32 BLAS filter)")
+        compute_device = "cpu"
     queries, multi_query = _pooled(queries, gallery, options, notes)
     clock = time.perf_counter()
     if options.index is not None or index_handle is not None:
