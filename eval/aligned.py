@@ -24,8 +24,9 @@ Exact by construction, and fast: each element distance is √ of the distance co
 (``indexes.distance``: ‖q_i − g_j‖² rounded once to float32, found with a float64 GEMM and its
 error bound, integer arithmetic where the bound straddles a rounding point), taken in float64;
 the path sums and w · local + global are float64 operations in a fixed order. So a pair gets
-the same value, bit for bit, in any block, at any row position, on any CPU kernel. Cost: one
-(b·P × G·P) float64 GEMM of d-vectors per block and P² vector operations for the paths.
+the same value, bit for bit, in any block, at any row position, on any CPU kernel. Ranking
+and re-ranking filter with one float32 GEMM of a block's stripes (each value within a proven
+bound of its exact value) and compute exact values only for the comparisons inside the bound.
 """
 
 from __future__ import annotations
@@ -186,9 +187,10 @@ def aligned_pair_distances(query_parts: np.ndarray, gallery_parts: np.ndarray, n
 class AlignedDistances:
     """The ranking distance ``aligned``: ‖q − g‖ + w · aligned local distance, a DistanceSource.
 
-    Every block holds exact float64 values (bound 0): the global part from the distance core's
-    exact keys (√ in float64), the local part from :class:`PartSpace`. On the CPU whatever the
-    device (exact keys are a float64 computation).
+    Exact values (:meth:`values`, :meth:`exact`): the global part from the distance core's exact
+    keys (√ in float64), the local part from :class:`PartSpace`. Ranking blocks (:meth:`blocks`)
+    hold float32-filtered values with a proven per-row bound and settle close comparisons with
+    the exact ones. On the CPU whatever the device.
     """
 
     metric = "aligned"
@@ -304,8 +306,10 @@ class AlignedReranked(RerankedDistances):
     """k-reciprocal re-ranking (``eval.rerank``) whose original distance is the aligned distance.
 
     Step 1's D is the aligned distance squared (the paper's convention: the reference code squares
-    the distance it is given; ``toolkit`` squares it again), every value exact (float64, bound 0),
-    so the graph, the Jaccard distances and the final ranks are the same for any block size. An
+    the distance it is given; ``toolkit`` squares it again). Every value that enters the graph
+    or the final step is exact (the neighbour pass filters with float32 and takes exact values
+    for its candidates, :func:`nearest_squared`), so the graph, the Jaccard distances and the
+    final ranks are the same for any block size. An
     item's aligned distance to itself is not 0 (``AlignedDistances``), so an item need not head its
     own initial ranking: the graph takes the distances as they are, as AlignedReID's code feeds
     its query/gallery distance matrices to the reference re-ranking.
