@@ -61,25 +61,17 @@ def as_stripes(parts: np.ndarray, num_parts: int) -> np.ndarray:
 
 
 def shortest_path(element: np.ndarray) -> np.ndarray:
-    """The monotone shortest path from the top-left to the bottom-right of the last two axes (P × P)."""
-    rows, cols = element.shape[-2:]
-    total = np.empty(element.shape, dtype=np.float64)
-    for i in range(rows):
-        for j in range(cols):
-            if i == 0 and j == 0:
-                total[..., 0, 0] = element[..., 0, 0]
-            elif i == 0:
-                total[..., 0, j] = total[..., 0, j - 1] + element[..., 0, j]
-            elif j == 0:
-                total[..., i, 0] = total[..., i - 1, 0] + element[..., i, 0]
-            else:
-                total[..., i, j] = np.minimum(total[..., i - 1, j], total[..., i, j - 1]) + element[..., i, j]
-    return total[..., rows - 1, cols - 1]
+    """The monotone shortest path from the top-left to the bottom-right of the last two axes (P × P), in float64."""
+    leading = np.moveaxis(np.asarray(element, dtype=np.float64), (-2, -1), (0, 1))
+    return shortest_path_leading(leading[..., None])[..., 0]  # a trailing axis: slabs even for one P × P matrix
 
 
 def shortest_path_leading(element: np.ndarray) -> np.ndarray:
-    """:func:`shortest_path` over the first two axes of a C-contiguous (P, P, ...) array: the same
-    operations in the same order on contiguous slabs (one row of partial sums kept)."""
+    """The shortest path over the first two axes of a (P, P, ...) array, in its dtype (fastest when
+    C-contiguous: every step works on a whole slab, one row of partial sums kept):
+
+        S[0, 0] = D[0, 0];  S[i, j] = D[i, j] + min(S[i − 1, j], S[i, j − 1]);  distance = S[P − 1, P − 1]
+    """
     rows, cols = element.shape[:2]
     row = np.empty((cols,) + element.shape[2:], dtype=element.dtype)
     np.cumsum(element[0], axis=0, out=row)  # the top row: sums from the left, in order
@@ -173,15 +165,6 @@ def aligned_distances(query_parts: np.ndarray, gallery_parts: np.ndarray, num_pa
         stop = min(start + rows, space.num_queries)
         out[start:stop] = space.block(start, stop)
     return out
-
-
-def aligned_pair_distances(query_parts: np.ndarray, gallery_parts: np.ndarray, num_parts: int) -> np.ndarray:
-    """The float64 aligned local distances of row pairs (query_parts[i], gallery_parts[i])."""
-    if len(query_parts) != len(gallery_parts):
-        raise ValueError(f"pairs need as many query rows as gallery rows, got {len(query_parts)} and {len(gallery_parts)}")
-    space = PartSpace(query_parts, gallery_parts, num_parts)
-    index = np.arange(space.num_queries)
-    return space.pairs(index, index)
 
 
 class AlignedDistances:
@@ -286,7 +269,6 @@ def nearest_squared(space: AlignedDistances, start: int, stop: int, k: int,
     candidates get exact values.
     """
     approx, error = space.approx_values(start, stop)
-    error *= 1.0 + 2.0**-20
     low, high = approx - error, approx + error  # each exact value lies in [low, high]
     floor = low.max(axis=1)  # the exact maximum is at least this: only columns reaching it can hold it
     rows, cols = np.nonzero(high >= (floor - np.abs(floor) * 2.0**-40)[:, None])

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.eval.aligned import (
-    AlignedDistances, AlignedReranked, aligned_distances, aligned_pair_distances, shortest_path,
+    AlignedDistances, AlignedReranked, PartSpace, aligned_distances, shortest_path,
 )
 from retrieval.eval.errors import EvaluationError
 
@@ -102,7 +102,7 @@ def test_same_value_for_any_block_and_row_order(seed, budget, dup):
     one_by_one = np.array([[aligned_distances(q[a : a + 1], g[b : b + 1], 3)[0, 0] for b in range(9)] for a in range(4)])
     assert np.array_equal(one_by_one, reference)
     rows, cols = np.divmod(rng.permutation(36), 9)
-    assert np.array_equal(aligned_pair_distances(q[rows], g[cols], 3), reference[rows, cols])
+    assert np.array_equal(PartSpace(q, g, 3).pairs(rows, cols), reference[rows, cols])  # the refinement's path
 
 
 def test_shape_errors_are_clear():
