@@ -6,7 +6,6 @@ run inputs; verification summaries; index answers.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,6 @@ import pyarrow.parquet as pq
 
 from retrieval.data import SAMPLE_EMBEDDINGS
 from retrieval.data.store import read_embeddings, write_embeddings
-
-
-def init_ray(faults: Path, **kwargs):
-    import ray
-
-    ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-             runtime_env={"env_vars": {"RETRIEVE_RAY_FAULTS": str(faults)}}, **kwargs)
-    return ray
 
 
 def sample_folder(folder: Path, cuts=(700, 701, 1600)) -> Path:

@@ -57,6 +57,9 @@ def test_the_set_up_commands_are_the_ones_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert '.venv/bin/pip install "torch==2.13.0" -e ".[train,test]" && .venv/bin/python -m pytest' in readme
     assert 'pip install -q "torch==2.13.0" -e ".[train,test]"' in ci and "-m pytest" in ci
+    readme_args = readme.split(".venv/bin/python -m pytest", 1)[1].splitlines()[0].split()
+    ci_args = ci.split('"$venv/bin/python" -m pytest', 1)[1].splitlines()[0].split()
+    assert [a for a in ci_args if a not in ("-p", "no:cacheprovider")] == readme_args  # the same worker count
     assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/retrieve demo" in readme
 
 

@@ -13,7 +13,7 @@ import pytest
 CAMPAIGN = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_killed_runs_lose_nothing_and_leave_nothing_half_written(tmp_path):
     pytest.importorskip("torch", reason="the campaign kills training runs too (the `train` extra)")
     done = subprocess.run([sys.executable, str(CAMPAIGN), "--attempts", "6", "--seed", "1", "--json",

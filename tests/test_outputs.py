@@ -117,7 +117,7 @@ def _race(tmp_path: Path, argv: list[str], writers: int) -> list[dict]:
     return json.loads(done.stdout)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=5)
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_concurrent_writers_of_one_out(small: Path, tmp_path: Path, overwrite: bool):
     out = tmp_path / "ws" / "same"

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow(seconds=15)  # trains models
 
 from retrieval.cli import run  # noqa: E402
 from _gpu import requires_cuda  # noqa: E402

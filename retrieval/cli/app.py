@@ -8,6 +8,7 @@ A user mistake (any of ``retrieval.errors.USER_ERRORS``) prints one line on stde
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -59,8 +60,12 @@ def error_line(exc: BaseException) -> str:
     return " ".join(text.splitlines())
 
 
+@functools.cache
 def command():
-    """The click command behind ``app``, its help texts polished (``retrieval.cli.help_text``)."""
+    """The click command behind ``app``, its help texts polished (``retrieval.cli.help_text``).
+
+    Built once per process: typer builds every subcommand from its signature (about 0.1 s), and
+    the notebook, the tests and the fault campaign call ``run`` many times in one process."""
     from retrieval.cli.help_text import polish
 
     return polish(typer.main.get_command(app))

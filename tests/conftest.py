@@ -1,0 +1,22 @@
+"""Suite-wide collection order: the files that hold ``slow`` tests run first, the costliest first.
+
+``@pytest.mark.slow(seconds=N)``: N is about the CPU seconds the file's slow tests take on the
+2-core machine the suite is timed on. With pytest-xdist (``-n auto --dist loadfile``, and
+``--no-loadscope-reorder`` in pyproject.toml) each file goes whole to the next free worker in this
+order, so the Ray cluster, the tour and the fault campaign start at once and the many short files
+fill in beside them; started last, one of them kept a worker busy for a minute after the others.
+"""
+
+from __future__ import annotations
+
+
+def _cost(item) -> float:
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("seconds", 1)) if marker else 0.0
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    cost: dict = {}
+    for item in items:
+        cost[item.path] = max(cost.get(item.path, 0.0), _cost(item))
+    items.sort(key=lambda item: -cost[item.path])  # stable: a file's tests, and files of equal cost, keep their order
