@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +114,8 @@ class Commands:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(list(preload))
         self.env = dict(os.environ if env is None else env)
-        self.outputs = Path(tempfile.mkdtemp(prefix="retrieve-commands-"))
+        self.outputs = Path(tempfile.mkdtemp(prefix="retrieve-commands-"))  # the commands' stdout and stderr files
+        weakref.finalize(self, shutil.rmtree, self.outputs, True)
         self.count = 0
 
     def warm(self) -> None:
