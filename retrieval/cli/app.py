@@ -65,7 +65,7 @@ def command():
     """The click command behind ``app``, its help texts polished (``retrieval.cli.help_text``).
 
     Built once per process: typer builds every subcommand from its signature (about 0.1 s), and
-    the notebook, the tests and the fault campaign call ``run`` many times in one process."""
+    the tests (and scripts) call ``run`` many times in one process."""
     from retrieval.cli.help_text import polish
 
     return polish(typer.main.get_command(app))
