@@ -1,4 +1,9 @@
-"""Suite-wide collection order: the files that hold ``slow`` tests run first, the costliest first.
+"""Suite-wide: ``bench/`` on the import path, and the collection order.
+
+``bench/`` stays on ``sys.path`` for the whole session: the tour test and ``test_forked_cli.py``
+import ``bench/forked_cli.py``, and the fork server it starts finds it there.
+
+The files that hold ``slow`` tests run first, the costliest first.
 
 ``@pytest.mark.slow(seconds=N)``: N is about the CPU seconds the file's slow tests take on the
 2-core machine the suite is timed on. With pytest-xdist (``-n auto --dist loadfile``, and
@@ -8,6 +13,11 @@ fill in beside them; started last, one of them kept a worker busy for a minute a
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 def _cost(item) -> float:

@@ -4,15 +4,11 @@ as bash splits them."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))  # kept: the forkserver finds forked_cli on this path
-from forked_cli import Commands  # noqa: E402
-from test_tour import commands_of  # noqa: E402
+from forked_cli import Commands  # bench/ is on sys.path (tests/conftest.py)
+from test_tour import commands_of
 
 
 @pytest.fixture(scope="module")

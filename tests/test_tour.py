@@ -18,15 +18,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
+from forked_cli import CLUSTERING, PRELOAD, TRAINING, Commands  # bench/ is on sys.path (tests/conftest.py)
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-sys.path.insert(0, str(ROOT / "bench"))  # kept: the forkserver finds forked_cli on this path
-from forked_cli import CLUSTERING, PRELOAD, TRAINING, Commands  # noqa: E402
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 # (pattern, replacement, what it is for): applied to every tour line, each must match at least once.
 SMALLER: list[tuple[str, str, str]] = [
