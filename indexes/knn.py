@@ -58,9 +58,9 @@ def exact_knn_in(space: KeySpace, k: int, block_rows: int | None = None, progres
     if space.gallery is not space.queries:
         raise FaissIndexError("exact_knn_in needs a KeySpace of one set of rows against itself")
     if space.device == "cuda":
-        lists = _blocked_lists(space, k, block_rows, progress, self_search=True)
+        lists = _blocked_lists(space, k, block_rows, progress, self_search=True, track_max=with_row_max)
     else:
-        lists = _symmetric_lists(space, k, block_rows, progress, on_panel)
+        lists = _symmetric_lists(space, k, block_rows, progress, on_panel, track_max=with_row_max)
     return _finish(space, lists, k, with_row_max, self_search=True)
 
 
@@ -80,7 +80,7 @@ def exact_knn_between(
     base = _as_matrix(base, "base")
     _check(queries, base, k)
     space = KeySpace(queries, base, metric, device)
-    lists = _blocked_lists(space, k, block_rows, progress, self_search=False)
+    lists = _blocked_lists(space, k, block_rows, progress, self_search=False, track_max=with_row_max)
     return _finish(space, lists, k, with_row_max, self_search=False)
 
 
@@ -116,7 +116,8 @@ def stable_smallest_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 
 class _Lists:
     """Approximate candidates from one pass: the m nearest by approximate value, and the entries
-    that may hold each row's maximum (approximate value within 2B of the row's largest)."""
+    that may hold each row's maximum (approximate value within 2B of the row's largest; collected
+    only when the caller asked for the row maxima)."""
 
     def __init__(self, approx_d, approx_i, max_rows, max_cols, max_values, row_max_approx):
         self.approx_d, self.approx_i = approx_d, approx_i
@@ -129,8 +130,9 @@ def _list_size(k: int, n_base: int) -> int:
     return min(n_base, k + max(8, k // 2))
 
 
-def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel) -> _Lists:
-    """All rows against all rows on the CPU, each pair's approximate value computed once."""
+def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel, track_max: bool) -> _Lists:
+    """All rows against all rows on the CPU, each pair's approximate value computed once (and, with
+    ``track_max``, the entries that may be each row's maximum)."""
     n = space.num_queries
     m = _list_size(k, n)
     if panel_rows is None:
@@ -147,8 +149,9 @@ def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel) ->
         panel[rows, rows] = 0.0  # a row's own key is exactly 0
         if on_panel is not None:
             on_panel(s, s, panel)
-        np.maximum(row_max[s:e], panel.max(axis=1), out=row_max[s:e])
-        near_max.add(panel, below(row_max[s:e], window[s:e]), s, s, transposed=False)
+        if track_max:
+            np.maximum(row_max[s:e], panel.max(axis=1), out=row_max[s:e])
+            near_max.add(panel, below(row_max[s:e], window[s:e]), s, s, transposed=False)
         # rows s..e: their own columns s..n, merged with what earlier panels sent (columns < s);
         # those columns come later, so an entry equal to the current m-th cannot enter
         below_mth = np.nextafter(best_d[s:e, m - 1], np.float32(-np.inf))
@@ -156,8 +159,9 @@ def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel) ->
         _merge(best_d, best_i, s, e - s, r, c + s, panel[r, c], m)
         if e < n:  # rows e..n receive the columns s..e: the transposed part, read in place
             sent = panel[:, e - s:]  # (panel row = column of the receiver, receiver)
-            np.maximum(row_max[e:], sent.max(axis=0), out=row_max[e:])
-            near_max.add(sent, below(row_max[e:], window[e:]), s, e, transposed=True)
+            if track_max:
+                np.maximum(row_max[e:], sent.max(axis=0), out=row_max[e:])
+                near_max.add(sent, below(row_max[e:], window[e:]), s, e, transposed=True)
             if s == 0 and sent.shape[0] > m:  # empty lists yet: a bound on each receiver's m-th
                 bound = np.partition(sent, m - 1, axis=0)[m - 1]
                 c, r = np.nonzero(sent <= bound[None, :])
@@ -169,7 +173,7 @@ def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel) ->
     return near_max.lists(best_d, best_i, row_max)
 
 
-def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: bool) -> _Lists:
+def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: bool, track_max: bool) -> _Lists:
     """Row blocks of the queries against the whole base (CPU BLAS, or torch on CUDA)."""
     n, n_base = space.num_queries, space.num_gallery
     m = _list_size(k, n_base)
@@ -177,7 +181,7 @@ def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: b
         block_rows = max(1, min(4096, _BLOCK_BYTES // max(1, 4 * n_base)))
     best_d = np.empty((n, m), dtype=np.float32)
     best_i = np.empty((n, m), dtype=np.int64)
-    row_max = np.empty(n, dtype=np.float64)
+    row_max = np.full(n, -np.inf, dtype=np.float64)
     near_max = _NearMax()
     for start, block in space.approx_blocks(block_rows):
         stop = start + block.shape[0]
@@ -186,8 +190,10 @@ def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: b
             block[rows, start + rows] = 0.0
         r, c = _candidates(block, m)
         best_d[start:stop], best_i[start:stop] = first_k_per_row(r, c, block[r, c], block.shape[0], m)
-        row_max[start:stop] = block.max(axis=1)
-        near_max.add(block, below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)), start, 0, transposed=False)
+        if track_max:
+            row_max[start:stop] = block.max(axis=1)
+            near_max.add(block, below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)), start, 0,
+                         transposed=False)
         if progress is not None:
             progress("neighbours", stop, n)
     return near_max.lists(best_d, best_i, row_max)

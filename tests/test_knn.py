@@ -35,6 +35,10 @@ def test_exact_knn_equals_stable_sort_with_ties_and_duplicates(n, dim, spread, d
     np.testing.assert_array_equal(idx, want_i)
     np.testing.assert_array_equal(dist, want_d)
     np.testing.assert_array_equal(row_max, want_max)
+    # without the row maxima (their candidates are not collected then): the same lists
+    dist_only, idx_only = exact_knn(x, k, block_rows=block_rows)
+    np.testing.assert_array_equal(idx_only, idx)
+    np.testing.assert_array_equal(dist_only, dist)
 
 
 def test_self_is_first_without_duplicates_and_distance_zero():
