@@ -156,11 +156,13 @@ def check_training(folder: Path, attempts: list[dict]) -> dict:
             "train_epochs_done": result.get("epochs_done"), "train_error": done.stderr.strip().splitlines()[-1:]}
 
 
-def campaign(folder: Path, attempts: int, seed: int) -> dict:
+def campaign(folder: Path, attempts: int, seed: int, preload: tuple[str, ...] = PRELOAD + TRAINING) -> dict:
+    """The figures of ``attempts`` attempts in ``folder``. ``preload``: what the fork server imports
+    (it is one per process: a caller that also forks other commands passes everything they need)."""
     from retrieval.data.sample import install_sample
 
     global COMMANDS
-    COMMANDS = Commands(PRELOAD + TRAINING)
+    COMMANDS = Commands(preload)
     COMMANDS.warm()  # so that the measured durations below are the commands' own
     install_sample(folder / "sample")
     rng = random.Random(seed)

@@ -5,16 +5,15 @@ Ray is in the ``test`` extra. The module starts one cluster for all its tests; i
 the fault hook's folder from this process's environment (see ``retrieval.distributed.tasks``), so no
 runtime environment is needed (one costs each new worker process about a second of CPU). Ray runs
 its workers at niceness 15; beside the suite's other processes they would wait for the CPU (a
-3-second evaluation took 40 s), so this cluster's workers, and those of the instance the
-subprocess test starts, run at the tests' own priority (``RAY_worker_niceness=0``).
+3-second evaluation took 40 s), so this cluster's workers run at the tests' own priority
+(``RAY_worker_niceness=0``). That ``--ray local:N`` starts an instance of its own where another
+cluster is reachable is checked by the README's tour (``tests/test_tour.py``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,16 +163,3 @@ def test_notebook_door_on_the_cluster(cluster, data) -> None:
     assert here.to_dict() == there.to_dict() and here.per_query_table().equals(there.per_query_table())
     with pytest.raises(Exception, match="ray= needs file paths"):
         retrieval.evaluate(np.zeros((2, 3)), np.zeros((2, 3)), [1, 2], [1, 2], ray="local:2")
-
-
-def test_ray_local_starts_its_own_instance_beside_a_running_cluster(cluster, data, tmp_path) -> None:
-    """`--ray local:N` never joins a cluster another process started on this machine (it would
-    refuse num_cpus there): it starts its own, and the numbers are one process's."""
-    argv = [sys.executable, "-c", "import sys; from retrieval.cli import main; sys.argv[0] = 'retrieve'; main()",
-            "evaluate", str(data), "--metric", "cosine", "--ray", "local:1", "--json", "--out", str(tmp_path / "run")]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    here = evaluate_files(data, None, None, None, EvaluateOptions(metric="cosine"))
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert json.loads(done.stdout)["mAP"] == here.final.mAP
-    assert record["cluster"]["nodes"] == 1 and record["cluster"]["cpus"] == 1 and record["cluster"]["started_here"]

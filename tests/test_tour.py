@@ -11,10 +11,16 @@ Each command is a process of its own, forked from one interpreter that imported 
 (``bench/forked_cli.py``: the interpreter start of 22 commands was a third of this test's CPU).
 The lines are split as bash splits them (``shlex``; an ``&&`` chain stops at its first failure).
 The installed ``retrieve`` script itself is run by ``tests/test_namespace.py``.
+
+The ``--ray local:2`` line runs with ``RAY_ADDRESS`` naming another cluster, as on a machine where
+``ray start`` left one (or a notebook's shell exported it): ``local:N`` must start an instance of its
+own there (Ray's ``address="local"``); joining would refuse ``num_cpus``, and with ``None`` or
+``"auto"`` Ray would go to that address. Its run folder equals the one-process run's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -22,8 +28,10 @@ from pathlib import Path
 
 import pytest
 from forked_cli import CLUSTERING, PRELOAD, TRAINING, Commands  # bench/ is on sys.path (tests/conftest.py)
+from _ray_cases import assert_same_run_folders
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+ANOTHER_CLUSTER = "127.0.0.1:1"  # RAY_ADDRESS during the tour: nothing listens there
 
 # (pattern, replacement, what it is for): applied to every tour line, each must match at least once.
 SMALLER: list[tuple[str, str, str]] = [
@@ -97,6 +105,7 @@ def test_every_tour_command_runs_in_order(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RETRIEVE_WORKSPACE"}
     env["COLUMNS"] = "120"
     env["RAY_worker_niceness"] = "0"  # the --ray line's workers, at the priority of the suite's processes beside them
+    env["RAY_ADDRESS"] = ANOTHER_CLUSTER  # `--ray local:2` must not go there
     commands = Commands(PRELOAD + TRAINING + CLUSTERING, env=env)
     for number, line in enumerate(smaller(tour_lines(README.read_text())), start=1):
         for argv in commands_of(line):
@@ -107,3 +116,8 @@ def test_every_tour_command_runs_in_order(tmp_path):
             )
     assert (work / "report.html").is_file() and (work / "lfw.pairs.txt").is_file()
     assert (work / "digits.parquet").is_file() and (work / "retrieve-runs" / "reranked" / "run.json").is_file()
+    runs = work / "retrieve-runs"
+    on_ray = json.loads((runs / "on-ray" / "run.json").read_text())["cluster"]
+    assert on_ray["started_here"] and on_ray["nodes"] == 1 and on_ray["cpus"] == 2, on_ray
+    assert on_ray["address"] != ANOTHER_CLUSTER
+    assert_same_run_folders(runs / "plain", runs / "on-ray")
