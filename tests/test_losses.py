@@ -8,12 +8,18 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from _torch import imported_when_run, requires_torch
 
-from retrieval.train.combine import build_loss, parse_loss_spec  # noqa: E402
-from retrieval.train.distances import CosineSimilarity, EuclideanDistance  # noqa: E402
-from retrieval.train import losses as L  # noqa: E402
-from retrieval.train.miners import all_triplets, batch_hard, semi_hard  # noqa: E402
+pytestmark = requires_torch
+torch = build_loss = parse_loss_spec = CosineSimilarity = EuclideanDistance = L = None  # set by `imports`
+all_triplets = batch_hard = semi_hard = None
+imports = imported_when_run(
+    globals(), torch="torch", build_loss="retrieval.train.combine:build_loss",
+    parse_loss_spec="retrieval.train.combine:parse_loss_spec", CosineSimilarity="retrieval.train.distances:CosineSimilarity",
+    EuclideanDistance="retrieval.train.distances:EuclideanDistance", L="retrieval.train.losses",
+    all_triplets="retrieval.train.miners:all_triplets", batch_hard="retrieval.train.miners:batch_hard",
+    semi_hard="retrieval.train.miners:semi_hard",
+)
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 2, 3]
 MARGIN = 0.3
@@ -227,8 +233,9 @@ def test_all_triplets_enumerates_every_valid_triplet():
     assert got == expected
 
 
-@pytest.mark.parametrize("distance", [EuclideanDistance(), CosineSimilarity()])
-def test_batch_hard_miner_picks_hardest(batch, distance):
+@pytest.mark.parametrize("distance_name", ["euclidean", "cosine"])
+def test_batch_hard_miner_picks_hardest(batch, distance_name):
+    distance = {"euclidean": EuclideanDistance, "cosine": CosineSimilarity}[distance_name]()
     x, y = batch
     m = distance.matrix(x).numpy()
     t = batch_hard(distance.matrix(x), y, distance)

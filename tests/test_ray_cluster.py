@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ from retrieval.jobs.search import SearchOptions, search
 from retrieval.jobs.verify import VerifyOptions, verify
 from _ray_cases import assert_same_evaluation, assert_same_run_folders, same_search, sample_folder, split_files
 
-pytest.importorskip("ray")
-pytestmark = [pytest.mark.ray, pytest.mark.slow(seconds=45)]
+# skipped without Ray, which is imported by the cluster fixture (not at collection, in every pytest worker)
+pytestmark = [pytest.mark.skipif(find_spec("ray") is None, reason="needs the `ray` extra"), pytest.mark.ray,
+              pytest.mark.slow(seconds=45)]
 
 
 @pytest.fixture(scope="module")

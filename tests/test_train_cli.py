@@ -9,12 +9,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.slow(seconds=15)  # trains models
+from _gpu import requires_cuda
+from _torch import imported_when_run, requires_torch
 
-from retrieval.cli import run  # noqa: E402
-from _gpu import requires_cuda  # noqa: E402
-from retrieval.runs import read_run_record, read_run_table  # noqa: E402
+from retrieval.cli import run
+from retrieval.runs import read_run_record, read_run_table
+
+pytestmark = [requires_torch, pytest.mark.slow(seconds=15)]  # trains models
+torch = None  # set by `imports`
+imports = imported_when_run(globals(), torch="torch")
 
 # a short run that still learns: small network, few epochs, a high rate (measured: mAP +5 to +13 points).
 SHORT = ["--dataset", "digits", "--loss", "triplet:batch-hard", "--epochs", "4", "--width", "16", "--lr", "3e-3",
@@ -22,7 +25,7 @@ SHORT = ["--dataset", "digits", "--loss", "triplet:batch-hard", "--epochs", "4",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def restore_threads():
+def restore_threads(imports):
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
