@@ -108,11 +108,13 @@ def test_sampled_bound_path_keeps_exact_ties():
 
 
 def test_all_rows_search_in_panels_with_many_ties():
-    # wide enough for the sampled bound in the first panel; later panels use the running k-th
+    # wider than twice the column sample (2,048 for k = 25): the first panel bounds its k-th from
+    # the sample; later panels use the running k-th; 49 distinct points, so every list ends in ties
     rng = np.random.default_rng(5)
-    x = rng.integers(-3, 4, size=(9000, 2)).astype(np.float32)
+    n = 5000
+    x = rng.integers(-3, 4, size=(n, 2)).astype(np.float32)
     d, i, row_max = exact_knn(x, 25, block_rows=700, with_row_max=True)
-    rows = np.r_[0:5, 695:705, 8990:9000]
+    rows = np.r_[0:5, 695:705, n - 10:n]
     want_d, want_i, want_max = brute_force(x[rows], x, 25)
     np.testing.assert_array_equal(i[rows], want_i)
     np.testing.assert_array_equal(d[rows], want_d)
