@@ -7,13 +7,14 @@ scikit-learn are imported once for both."""
 from __future__ import annotations
 
 import pytest
+from _torch import requires_torch
 from faults import TRAIN_EPOCHS, campaign  # bench/ is on sys.path (tests/conftest.py)
 from forked_cli import CLUSTERING, PRELOAD, TRAINING
 
 
+@requires_torch  # the campaign kills training runs too; torch is imported by the fork server, not here
 @pytest.mark.slow(seconds=20)
 def test_killed_runs_lose_nothing_and_leave_nothing_half_written(tmp_path):
-    pytest.importorskip("torch", reason="the campaign kills training runs too (the `train` extra)")
     figures = campaign(tmp_path, attempts=6, seed=1, preload=PRELOAD + TRAINING + CLUSTERING)
     assert figures["kills"] >= 1, "nothing was killed: the campaign tested nothing"
     assert figures["runs_lost"] == [] and figures["visible_incomplete"] == [], figures
