@@ -112,6 +112,9 @@ class EmbeddingDistances:
             raise EvaluationError(str(error)) from None
         self.device = self.space.device
         self.num_queries, self.num_gallery = self.space.num_queries, self.space.num_gallery
+        # torch device on which ranking_blocks leaves the values (None: host blocks, as blocks());
+        # "cpu" runs the GPU path's code without a GPU, for tests
+        self.ranking_device: str | None = "cuda" if self.device == "cuda" else None
 
     def to_distance(self, values: np.ndarray) -> np.ndarray:
         return key_to_distance(values, self.metric)
@@ -119,11 +122,24 @@ class EmbeddingDistances:
     def gallery_subset(self, cols: np.ndarray) -> "EmbeddingDistances":
         """The same queries against the gallery rows ``cols``: every key is unchanged (keys are exact)."""
         queries, gallery = self._raw
-        return EmbeddingDistances(queries, np.asarray(gallery)[cols], self.metric, self.device)
+        subset = EmbeddingDistances(queries, np.asarray(gallery)[cols], self.metric, self.device)
+        subset.ranking_device = self.ranking_device
+        return subset
 
     def blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
         for start, values in self.space.approx_blocks(block_rows):
             yield self._block(start, values)
+
+    def ranking_blocks(self, block_rows: int) -> Iterator[DistanceBlock]:
+        """Blocks for ``evaluate_ranking``: on the GPU path their values stay on the device
+        (``DeviceValues``), where ranking selects the few entries it needs; else :meth:`blocks`."""
+        if self.ranking_device is None:
+            yield from self.blocks(block_rows)
+            return
+        from retrieval.eval.device_values import DeviceValues
+
+        for start, values in self.space.torch_blocks(block_rows, self.ranking_device):
+            yield self._block(start, DeviceValues(values))
 
     def torch_blocks(self, block_rows: int, torch_device: str = "cuda") -> Iterator[DistanceBlock]:
         """The GPU path's blocks (``"cpu"`` runs the same torch code without a GPU, for tests)."""

@@ -220,7 +220,12 @@ def evaluate_ranking(
     top_parts: list[tuple[int, np.ndarray, np.ndarray]] = []
     single_shot_parts: list[np.ndarray] = []
     done = 0
-    for block in source.blocks(block_rows):
+    # the GPU path's blocks stay on the device, where ranking selects its few entries; the
+    # single-gallery-shot draw reads whole rows, so it takes host blocks
+    ranking_blocks = getattr(source, "ranking_blocks", None)
+    if ranking_blocks is None or cmc_mode == "single-gallery-shot":
+        ranking_blocks = source.blocks
+    for block in ranking_blocks(block_rows):
         if block.values.shape[1] != source.num_gallery:
             raise EvaluationError(
                 f"distance block has {block.values.shape[1]} columns, expected {source.num_gallery} gallery items"

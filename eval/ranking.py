@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.eval.device_values import count_at_most, entries_at_most, kth_smallest_of_columns
 from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
@@ -104,7 +105,7 @@ def _row_groups(block: DistanceBlock, labels: RankingLabels, keep_top: int):
     match_rows = match_rows - block.start
     threshold = _thresholds(block.values, match_rows, block.values[match_rows, match_cols].astype(np.float64),
                             window, min(keep_top, block.values.shape[1]))
-    counts = np.count_nonzero(block.values <= threshold[:, None], axis=1)
+    counts = count_at_most(block.values, threshold)
     first = 0
     while first < num_rows:
         last = first + max(1, int(np.searchsorted(np.cumsum(counts[first:]), CANDIDATE_BUDGET, side="right")))
@@ -177,8 +178,8 @@ class _Candidates:
         values = block.values
         num_rows = values.shape[0]
         threshold = _thresholds(values, match_rows, match_values, window, keep_top)
-        rows, cols = np.nonzero(values <= threshold[:, None])
-        vals = values[rows, cols].astype(np.float64)
+        rows, cols, vals = entries_at_most(values, threshold)
+        vals = vals.astype(np.float64)
         finite = threshold[np.isfinite(threshold)]
         low = min([float(vals.min(initial=0.0)), float(below(match_values, window[match_rows]).min(initial=0.0))])
         high = float(finite.max(initial=0.0))
@@ -205,8 +206,7 @@ def _kth_upper_bound(values: np.ndarray, k: int) -> np.ndarray:
     """Per row, a value ≥ its k-th smallest: the k-th smallest of an evenly spaced column sample."""
     n = values.shape[1]
     sample = max(64 * k, 2048)
-    part = values if 2 * sample >= n else values[:, :: n // sample]
-    return np.partition(part, k - 1, axis=1)[:, k - 1].astype(np.float64)
+    return kth_smallest_of_columns(values, k, 1 if 2 * sample >= n else n // sample)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -187,6 +187,22 @@ def above(value, window) -> np.ndarray:
     return np.nextafter(np.asarray(value, np.float64) + window, np.inf)
 
 
+def float32_at_least(value) -> np.ndarray:
+    """The smallest float32 ≥ each float64: for float32 x, ``x >= value`` ⇔ ``x >= float32_at_least(value)``."""
+    value = np.asarray(value, dtype=np.float64)
+    with np.errstate(over="ignore"):  # beyond the float32 range: ±inf, still the right answer
+        rounded = value.astype(np.float32)
+    return np.where(rounded < value, np.nextafter(rounded, np.float32(np.inf)), rounded).astype(np.float32)
+
+
+def float32_at_most(value) -> np.ndarray:
+    """The largest float32 ≤ each float64: for float32 x, ``x <= value`` ⇔ ``x <= float32_at_most(value)``."""
+    value = np.asarray(value, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        rounded = value.astype(np.float32)
+    return np.where(rounded > value, np.nextafter(rounded, np.float32(-np.inf)), rounded).astype(np.float32)
+
+
 def round_with_bound(approx: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 keys where the interval approx ± bound rounds to one float32, and a mask of the rest.
 
@@ -487,6 +503,12 @@ class KeySpace:
 
     def torch_approx_blocks(self, block_rows: int, torch_device: str = "cuda", rows=None) -> Iterator[tuple[int, np.ndarray]]:
         """The same blocks computed with torch on ``torch_device`` (the GPU path; "cpu" in tests)."""
+        for start, block in self.torch_blocks(block_rows, torch_device, rows):
+            yield start, block.cpu().numpy()
+
+    def torch_blocks(self, block_rows: int, torch_device: str = "cuda", rows=None):
+        """(first row, (b, G) float32 torch tensor on ``torch_device``): the blocks of
+        :meth:`torch_approx_blocks` left on the device, for callers that select there."""
         import torch
 
         full_precision_torch(torch)
@@ -503,7 +525,7 @@ class KeySpace:
                     block.clamp_(min=0.0)
                 else:
                     block = -(query @ gallery.T)
-                yield start, block.cpu().numpy()
+                yield start, block
 
     def exact_blocks(self, block_rows: int, gallery_chunk: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, (b, G) float32 exact keys) for every pair: a float64 GEMM, rounded with its

@@ -18,7 +18,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from retrieval.indexes.distance import KeySpace, Metric, above, below, key_to_distance, metric_from_name
+from retrieval.indexes.distance import (
+    KeySpace, Metric, above, below, float32_at_least, key_to_distance, metric_from_name,
+)
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.common.progress import ProgressCallback
 
@@ -179,6 +181,8 @@ def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: b
     m = _list_size(k, n_base)
     if block_rows is None:
         block_rows = max(1, min(4096, _BLOCK_BYTES // max(1, 4 * n_base)))
+    if space.device == "cuda":
+        return _torch_lists(space, k, block_rows, progress, self_search, track_max, "cuda")
     best_d = np.empty((n, m), dtype=np.float32)
     best_i = np.empty((n, m), dtype=np.int64)
     row_max = np.full(n, -np.inf, dtype=np.float64)
@@ -194,6 +198,40 @@ def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: b
             row_max[start:stop] = block.max(axis=1)
             near_max.add(block, below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)), start, 0,
                          transposed=False)
+        if progress is not None:
+            progress("neighbours", stop, n)
+    return near_max.lists(best_d, best_i, row_max)
+
+
+def _torch_lists(space: KeySpace, k: int, block_rows: int, progress, self_search: bool, track_max: bool,
+                 torch_device: str) -> _Lists:
+    """:func:`_blocked_lists` with the selection on the device: only each row's m smallest
+    approximate values (``torch.topk``) and the near-maximum entries leave it, never a whole block.
+
+    topk's order among equal values is unspecified, which the lists allow: ``_finish`` re-sorts
+    every entry up to the k-th + 2B by exact key and row, and a row whose m-th value is still
+    inside that window is scanned whole; the m smallest values themselves are unique.
+    """
+    import torch
+
+    n, n_base = space.num_queries, space.num_gallery
+    m = _list_size(k, n_base)
+    best_d = np.empty((n, m), dtype=np.float32)
+    best_i = np.empty((n, m), dtype=np.int64)
+    row_max = np.full(n, -np.inf, dtype=np.float64)
+    near_max = _NearMax()
+    for start, block in space.torch_blocks(block_rows, torch_device):
+        stop = start + block.shape[0]
+        if self_search:
+            rows = torch.arange(block.shape[0], device=block.device)
+            block[rows, start + rows] = 0.0
+        values, cols = torch.topk(block, m, dim=1, largest=False, sorted=True)
+        best_d[start:stop], best_i[start:stop] = values.cpu().numpy(), cols.cpu().numpy()
+        if track_max:
+            row_max[start:stop] = block.max(dim=1).values.cpu().numpy()
+            floor = float32_at_least(below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)))
+            r, c = torch.nonzero(block >= torch.from_numpy(floor).to(block.device)[:, None], as_tuple=True)
+            near_max.add_entries(r.cpu().numpy() + start, c.cpu().numpy(), block[r, c].cpu().numpy())
         if progress is not None:
             progress("neighbours", stop, n)
     return near_max.lists(best_d, best_i, row_max)
@@ -218,6 +256,11 @@ class _NearMax:
             self.rows.append(r + first_row)
             self.cols.append(c + first_col)
             self.values.append(panel[r, c])
+
+    def add_entries(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        self.rows.append(rows.astype(np.int64))
+        self.cols.append(cols.astype(np.int64))
+        self.values.append(values.astype(np.float32))
 
     def lists(self, best_d, best_i, row_max) -> _Lists:
         cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731

@@ -22,6 +22,8 @@ from retrieval.eval.rerank import RerankedDistances
 from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, round_scaled_integer
 from retrieval.indexes.knn import exact_knn, exact_knn_between
 
+from _torch import requires_torch
+
 # ----------------------------------------------------------------------------- keys
 
 
@@ -273,6 +275,30 @@ def test_rows_split_by_the_candidate_budget_give_the_same_result(monkeypatch):
     monkeypatch.setattr(ranking, "CANDIDATE_BUDGET", 60)  # a few rows per group, single rows too
     same_result(evaluate(source, d, block_rows=16), reference)
     same_result(evaluate(AnyKernel(source, 5, edge=True), d, block_rows=16), reference)
+
+
+@requires_torch
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "sqeuclidean"])
+def test_values_left_on_the_device_give_the_same_result(metric, monkeypatch):
+    """The GPU path keeps each block on the device and selects there (``eval.device_values``);
+    run here with torch on the CPU: the same ranks, tables and metrics as host blocks."""
+    import retrieval.eval.evaluate as evaluate_module
+    import retrieval.eval.ranking as ranking
+    from retrieval.eval.device_values import DeviceValues
+
+    monkeypatch.setattr(evaluate_module, "DROP_JUNK_COLUMNS", True)  # the subset keeps the device
+    default_budget = ranking.CANDIDATE_BUDGET
+    wide = clustered_data(13, n_query=12, n_gallery=9000, dim=8)  # wider than twice the top-k sample
+    for d, budget in [(clustered_data(12), None), (clustered_data(14), 60), (wide, None)]:
+        host = EmbeddingDistances(d["q"], d["g"], metric=metric)
+        reference = evaluate(host, d)
+        on_device = EmbeddingDistances(d["q"], d["g"], metric=metric)
+        on_device.ranking_device = "cpu"
+        assert isinstance(next(on_device.ranking_blocks(5)).values, DeviceValues)
+        if budget:  # row groups of a few rows, single rows too
+            monkeypatch.setattr(ranking, "CANDIDATE_BUDGET", budget)
+        same_result(evaluate(on_device, d, block_rows=9), reference)
+        monkeypatch.setattr(ranking, "CANDIDATE_BUDGET", default_budget)
 
 
 def test_dropping_junk_columns_from_the_computation_changes_no_rank(monkeypatch):

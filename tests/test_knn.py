@@ -6,8 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.indexes.errors import FaissIndexError
+from retrieval.indexes.distance import float32_at_least, float32_at_most
 from retrieval.indexes.knn import exact_knn, exact_knn_between, stable_smallest_k
+
 from _gpu import requires_cuda
+from _torch import requires_torch
 
 
 def brute_force(queries, base, k):
@@ -86,14 +89,45 @@ def test_bad_arguments():
         exact_knn(x, 2, device="tpu")
 
 
-@pytest.mark.gpu
 @requires_cuda
 def test_cuda_same_lists_as_cpu():
     x = np.random.default_rng(3).integers(-3, 4, size=(500, 8)).astype(np.float32)
-    d_cpu, i_cpu = exact_knn(x, 11, block_rows=128)
-    d_gpu, i_gpu = exact_knn(x, 11, block_rows=128, device="cuda")
-    np.testing.assert_array_equal(i_cpu, i_gpu)
-    np.testing.assert_array_equal(d_cpu, d_gpu)
+    for metric in ("sqeuclidean", "cosine"):
+        cpu = exact_knn(x + 0.5, 11, metric=metric, block_rows=128, with_row_max=True)
+        gpu = exact_knn(x + 0.5, 11, metric=metric, block_rows=128, device="cuda", with_row_max=True)
+        for a, b in zip(cpu, gpu):
+            np.testing.assert_array_equal(a, b)
+
+
+@requires_torch
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 60), dim=st.integers(1, 4), spread=st.integers(0, 3), self_search=st.booleans(),
+       data=st.data())
+def test_device_selection_equals_stable_sort(n, dim, spread, self_search, data):
+    """The CUDA path's selection (``torch.topk`` and the near-maximum entries on the device, whatever
+    order topk gives equal values), run here with torch on the CPU: the same exact lists."""
+    from retrieval.indexes import knn
+    from retrieval.indexes.distance import KeySpace, Metric
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(-spread, spread + 1, size=(n, dim)).astype(np.float32)
+    queries = x if self_search else rng.integers(-spread, spread + 1, size=(data.draw(st.integers(1, 9)), dim)).astype(np.float32)
+    k = data.draw(st.integers(1, n))
+    space = KeySpace(queries, x, Metric.SQEUCLIDEAN, "cpu")
+    lists = knn._torch_lists(space, k, data.draw(st.integers(1, n + 3)), None, self_search, True, "cpu")
+    dist, idx, row_max = knn._finish(space, lists, k, True, self_search)
+    want_d, want_i, want_max = brute_force(queries, x, k)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(dist, want_d)
+    np.testing.assert_array_equal(row_max, want_max)
+
+
+@given(st.floats(allow_nan=False, width=64), st.floats(allow_nan=False, width=32))
+def test_float32_thresholds_keep_every_comparison(value, x):
+    """The device compares float32 with float32 thresholds: the same answers as float64."""
+    x = np.float32(x)
+    assert (x >= float32_at_least(np.array([value]))[0]) == (float(x) >= value)
+    assert (x <= float32_at_most(np.array([value]))[0]) == (float(x) <= value)
 
 
 def test_sampled_bound_path_keeps_exact_ties():
