@@ -1,22 +1,14 @@
 """The one marker for tests that need a CUDA GPU through torch (skipped elsewhere)."""
 
-import os
-
 import pytest
 
-NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0")
+# The product's one device probe: without the NVIDIA driver it answers without importing torch
+# (2 s of every test worker's collection); with it, it asks torch.
+from retrieval.indexes.distance import torch_cuda_available as cuda_available
+
+_skip_without_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU with torch")
 
 
-def cuda_available() -> bool:
-    # Without the NVIDIA driver there is no CUDA GPU: answer without importing torch (2 s of
-    # every test worker's collection); with it, ask torch.
-    if not any(os.path.exists(path) for path in NVIDIA_DRIVER_FILES):
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-requires_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU with torch")
+def requires_cuda(test):
+    """Marks ``test`` `gpu` (``pytest -m gpu`` runs exactly these) and skips it without CUDA."""
+    return pytest.mark.gpu(_skip_without_cuda(test))

@@ -47,7 +47,16 @@ def brute_force(q: np.ndarray, g: np.ndarray, rounded: bool = True) -> float:
     p = len(q)
     square = exact_key if rounded else (lambda a, b: sum((float(x) - float(y)) ** 2 for x, y in zip(a, b)))
     element = [[math.sqrt(square(q[i], g[j])) for j in range(p)] for i in range(p)]
-    return min(sum(element[i][j] for i, j in path) for path in monotone_paths(p))
+    return min(sum_in_order(element[i][j] for i, j in path) for path in monotone_paths(p))
+
+
+def sum_in_order(values) -> float:
+    """Left-to-right float64 additions, as the path sums are defined (Python 3.12's ``sum`` of floats
+    is compensated, which rounds differently)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
 
 
 def unit_parts(rng, n, p, d):

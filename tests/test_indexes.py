@@ -17,9 +17,11 @@ from retrieval.indexes.factory import (
     spec_for_factory,
     spec_for_kind,
 )
-from retrieval.indexes.placement import FAISS_GPU, GPU_MAX_K, Placement, resolve_placement, torch_cuda_available
+from retrieval.indexes.placement import FAISS_GPU, GPU_MAX_K, Placement, resolve_placement
 from retrieval.indexes.store import ArrayBatch, build_index, load_index, read_manifest
 from retrieval.indexes.tuning import recall_at_k, tune
+
+from _gpu import cuda_available, requires_cuda
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -342,7 +344,7 @@ def test_tune_of_pq_needs_the_gallery(tmp_path, data):
 # ------------------------------------------------------------------ devices
 
 
-@pytest.mark.skipif(torch_cuda_available(), reason="checks the no-CUDA error")
+@pytest.mark.skipif(cuda_available(), reason="checks the no-CUDA error")
 def test_cuda_without_a_device_is_a_clear_error():
     if faiss.get_num_gpus() > 0:
         pytest.skip("faiss sees a GPU")
@@ -351,8 +353,7 @@ def test_cuda_without_a_device_is_a_clear_error():
     assert resolve_placement("auto", exact_flat=True).backend == "faiss-cpu"
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch_cuda_available(), reason="needs CUDA")
+@requires_cuda
 def test_cuda_search_equals_cpu(tmp_path, data):
     gallery, queries = data
     build_index(tmp_path / "f", gallery, kind="flat", metric="cosine")

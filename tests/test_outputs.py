@@ -111,6 +111,7 @@ def _race(tmp_path: Path, argv: list[str], writers: int) -> list[dict]:
     work = tmp_path / "race"
     work.mkdir(exist_ok=True)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # 60 processes, not 60 × cores threads
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the race is about outputs; a child forked after CUDA started cannot use it
     done = subprocess.run([sys.executable, str(HERE / "_concurrent_writers.py"), str(writers), str(work), *argv],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def test_ray_not_installed_names_the_extra(monkeypatch, tmp_path, capsys) -> Non
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.skipif(find_spec("ray") is None, reason="without the ray extra the error names the extra (above)")
 def test_an_unreachable_address_fails_in_a_few_seconds_with_one_line(tmp_path) -> None:
     started = time.monotonic()
     done = subprocess.run([str(RETRIEVE), "evaluate", str(SAMPLE_EMBEDDINGS), "--ray", "127.0.0.1:1",

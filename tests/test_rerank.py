@@ -268,7 +268,6 @@ def test_is_a_distance_source():
     assert (source.num_queries, source.num_gallery) == (5, 25)
 
 
-@pytest.mark.gpu
 @requires_cuda
 def test_cuda_gives_the_cpu_result(reid_small, reid_small_reranked):
     vectors, is_query, *_ = reid_small

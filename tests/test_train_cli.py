@@ -237,7 +237,6 @@ def test_resnet_feature_shape_and_last_stride_one():
     assert out.body.shape == (2, 64 * 4 * 2)
 
 
-@pytest.mark.gpu
 @requires_cuda
 def test_training_on_gpu_in_mixed_precision_and_resuming(tmp_path, capsys, monkeypatch):
     from retrieval.train import step
