@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.data.synth import PRESETS, batches  # noqa: E402
+from retrieval.data.synth import PRESETS, in_memory  # noqa: E402
 from retrieval.eval.cluster_metrics import cluster_metrics  # noqa: E402
 from retrieval.eval.clustering import Clusterer  # noqa: E402
 
@@ -49,12 +49,7 @@ def faces(items: int, identities: int, seed: int) -> tuple[np.ndarray, np.ndarra
     """The gallery rows of the faces preset at this size: (vectors, pid)."""
     preset = replace(PRESETS["faces"], name=f"faces-{items}", queries=0, gallery=items, identities=identities,
                      unenrolled_queries=0.0)
-    vectors = np.empty((items, preset.dim), np.float32)
-    pid = np.empty(items, np.int64)
-    for batch in batches(preset, seed):
-        vectors[batch.start:batch.start + len(batch.ids)] = batch.vectors
-        pid[batch.start:batch.start + len(batch.ids)] = batch.pid
-    return vectors, pid
+    return in_memory(preset, seed)
 
 
 def peak_rss_gb() -> float:

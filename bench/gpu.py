@@ -58,15 +58,11 @@ def reid(preset: str):
 
 def faces(gallery: int, probes: int, seed: int = 0):
     """(probe vectors, probe pid, gallery vectors, gallery pid) of the faces preset at this size."""
-    from retrieval.data.synth import PRESETS, batches
+    from retrieval.data.synth import PRESETS, in_memory
 
     preset = replace(PRESETS["faces"], name=f"faces-{gallery}", queries=probes, gallery=gallery,
                      identities=max(gallery // 10, 1))
-    vectors = np.empty((probes + gallery, preset.dim), np.float32)
-    pid = np.empty(probes + gallery, np.int64)
-    for batch in batches(preset, seed):
-        vectors[batch.start:batch.start + len(batch.ids)] = batch.vectors
-        pid[batch.start:batch.start + len(batch.ids)] = batch.pid
+    vectors, pid = in_memory(preset, seed)
     return vectors[:probes], pid[:probes], vectors[probes:], pid[probes:]
 
 

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.data.synth import PRESETS, batches  # noqa: E402
+from retrieval.data.synth import PRESETS, in_memory  # noqa: E402
 from retrieval.eval.identification import identify  # noqa: E402
 from retrieval.indexes.store import build_index  # noqa: E402
 
@@ -45,11 +45,7 @@ FPIRS = (1e-3, 1e-2, 1e-1)
 def faces(gallery: int, probes: int, identities: int, seed: int):
     """(probe vectors, probe pid, gallery vectors, gallery pid) of the faces preset at this size."""
     preset = replace(PRESETS["faces"], name=f"faces-{gallery}", queries=probes, gallery=gallery, identities=identities)
-    vectors = np.empty((probes + gallery, preset.dim), np.float32)
-    pid = np.empty(probes + gallery, np.int64)
-    for batch in batches(preset, seed):
-        vectors[batch.start:batch.start + len(batch.ids)] = batch.vectors
-        pid[batch.start:batch.start + len(batch.ids)] = batch.pid
+    vectors, pid = in_memory(preset, seed)
     return vectors[:probes], pid[:probes], vectors[probes:], pid[probes:]
 
 

@@ -226,6 +226,17 @@ def batches(preset: str | Preset, seed: int, difficulty: float = 1.0,
         yield Batch(start, row_ids(split, start, preset.queries), vectors, pid, camid, split)
 
 
+def in_memory(preset: str | Preset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """All of the preset's rows in memory, queries first: (vectors (n, dim) float32, pid (n,))."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    vectors = np.empty((preset.queries + preset.gallery, preset.dim), np.float32)
+    pid = np.empty(len(vectors), np.int64)
+    for batch in batches(preset, seed):
+        vectors[batch.start:batch.start + len(batch.ids)] = batch.vectors
+        pid[batch.start:batch.start + len(batch.ids)] = batch.pid
+    return vectors, pid
+
+
 def generate(preset: str | Preset, seed: int, out_path: Path | str, difficulty: float = 1.0,
              batch_rows: int = BATCH_ROWS, progress: ProgressCallback | None = None, *,
              overwrite: bool = True) -> Path:
