@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.indexes.distance import float32_at_least, float32_at_most
-from retrieval.indexes.knn import exact_knn, exact_knn_between, stable_smallest_k
+from retrieval.indexes.knn import exact_knn, exact_knn_between, first_k_per_row, stable_smallest_k
 
 from _gpu import requires_cuda
 from _torch import requires_torch
@@ -68,6 +68,26 @@ def test_between_and_metrics():
     qn = (q + 0.5) / np.linalg.norm(q + 0.5, axis=1, keepdims=True)
     bn = (b + 0.25) / np.linalg.norm(b + 0.25, axis=1, keepdims=True)
     np.testing.assert_allclose(dc, np.sort(1 - qn @ bn.T, axis=1)[:, :4], atol=1e-5)  # cosine = 1 − cos
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 40), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_first_k_per_row_is_the_stable_order_whatever_the_input_order(n_rows, per_row, levels, seed):
+    """Rows' candidates given in any order, with many equal values (and -0.0): each row's first k by
+    (value, column), as a stable sort of the row by value would give."""
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_rows), per_row)
+    cols = np.concatenate([rng.permutation(1000)[:per_row] for _ in range(n_rows)])
+    values = rng.integers(-levels, levels + 1, len(rows)).astype(np.float32) * np.float32(0.5)
+    values[values == 0] *= rng.choice(np.array([1, -1], np.float32), int((values == 0).sum()))  # ±0.0
+    shuffle = rng.permutation(len(rows))
+    k = int(rng.integers(1, per_row + 1))
+    got_d, got_i = first_k_per_row(rows[shuffle], cols[shuffle], values[shuffle], n_rows, k)
+    for row in range(n_rows):
+        mine = rows == row
+        order = np.lexsort((cols[mine], values[mine] + np.float32(0.0)))[:k]
+        np.testing.assert_array_equal(got_i[row], cols[mine][order])
+        np.testing.assert_array_equal(got_d[row], values[mine][order] + np.float32(0.0))
 
 
 def test_stable_smallest_k_orders_equal_values_by_column():
