@@ -42,6 +42,7 @@ from retrieval.eval.rerank import (
     NeighbourhoodGraph, RerankedDistances, check_parameters, distance_power, graph_from_neighbours, graph_mask,
 )
 from retrieval.indexes.distance import KeySpace, Metric
+from retrieval.common.arrays import nonzero_2d
 
 BLOCK_BYTES = 64 << 20  # one block's float64 stripe-pair keys (a few temporaries of its size)
 DEFAULT_LOCAL_WEIGHT = 1.0
@@ -271,11 +272,11 @@ def nearest_squared(space: AlignedDistances, start: int, stop: int, k: int,
     approx, error = space.approx_values(start, stop)
     low, high = approx - error, approx + error  # each exact value lies in [low, high]
     floor = low.max(axis=1)  # the exact maximum is at least this: only columns reaching it can hold it
-    rows, cols = np.nonzero(high >= (floor - np.abs(floor) * 2.0**-40)[:, None])
+    rows, cols = nonzero_2d(high >= (floor - np.abs(floor) * 2.0**-40)[:, None])
     farthest = np.zeros(stop - start)
     np.maximum.at(farthest, rows, space.exact(rows + start, cols))
     ceiling = np.partition(high[inside], k - 1, axis=1)[:, k - 1]  # the k-th nearest is at most this
-    rows, cols = np.nonzero(low[inside] <= (ceiling + np.abs(ceiling) * 2.0**-40)[:, None])
+    rows, cols = nonzero_2d(low[inside] <= (ceiling + np.abs(ceiling) * 2.0**-40)[:, None])
     squared = space.exact(inside[rows] + start, cols)
     np.multiply(squared, squared, out=squared)
     order = np.lexsort((cols, squared, rows))  # by row, then (squared distance, column)

@@ -6,6 +6,7 @@ import numpy as np
 
 from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.protocol import RankingLabels
+from retrieval.common.arrays import nonzero_2d
 
 CMC_MODES = ("multi-gallery-shot", "single-gallery-shot")
 
@@ -78,7 +79,7 @@ def _count_before(block: DistanceBlock, local: int, chosen_match: np.ndarray, ch
     before = d_other < below(d_match, window)
     unsure = ~before & (d_other <= above(d_match, window))
     if unsure.any():
-        reps, which = np.nonzero(unsure)
+        reps, which = nonzero_2d(unsure)
         cols = np.concatenate([chosen_other[reps, which], chosen_match])
         exact = block.exact_row(local, cols)
         other_value, match_value = exact[: len(reps)], exact[len(reps):][reps]

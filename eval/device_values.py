@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.indexes.distance import float32_at_most
+from retrieval.common.arrays import nonzero_2d
 
 
 class DeviceValues:
@@ -84,7 +85,7 @@ def entries_at_most(values, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """(rows, cols, values) of the entries ≤ ``threshold[row]``, row-major, host arrays."""
     if isinstance(values, DeviceValues):
         return values.entries_at_most(threshold)
-    rows, cols = np.nonzero(values <= threshold[:, None])
+    rows, cols = nonzero_2d(values <= threshold[:, None])
     return rows, cols, values[rows, cols]
 
 

@@ -21,6 +21,7 @@ from retrieval.common.progress import ProgressCallback
 from retrieval.eval.distances import DistanceBlock, DistanceSource, block_rows_for
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import above, below
+from retrieval.common.arrays import nonzero_2d
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _score_block(block, identity, num_identities, by_identity, mate_identity, ou
     values, start, stop = block.values, block.start, block.stop
     bound = np.asarray(block.bound, dtype=np.float64)
     mates = mate_identity[start:stop]
-    top_r, top_c = np.nonzero(values <= above(values.min(axis=1), 2.0 * bound)[:, None])
+    top_r, top_c = nonzero_2d(values <= above(values.min(axis=1), 2.0 * bound)[:, None])
     mate_r, mate_c = _mate_candidates(values, bound, mates, by_identity)
     exact = _ExactPairs(block, np.concatenate([top_r, mate_r]), np.concatenate([top_c, mate_c]))
     _store_top(exact.get(top_r, top_c), top_r, top_c, identity, start, out)
@@ -131,7 +132,7 @@ def _mate_ranks(block, bound, kappa, mates, identity, num_identities) -> tuple[n
     """1 + identities (other than the mate) with a column better than κ, or tied at κ and numbered lower."""
     values = block.values
     reach = np.where(mates >= 0, above(kappa, bound), -np.inf)
-    rows, cols = np.nonzero(values <= reach[:, None])
+    rows, cols = nonzero_2d(values <= reach[:, None])
     ident = identity[cols]
     other = ident != mates[rows]
     rows, cols, ident = rows[other], cols[other], ident[other]

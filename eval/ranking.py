@@ -30,6 +30,7 @@ from retrieval.eval.device_values import count_at_most, entries_at_most, kth_sma
 from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
+from retrieval.common.arrays import nonzero_2d
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def top_k_columns(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
         cols = np.argsort(distances, axis=1, kind="stable")[:, :k]
         return cols.astype(np.int64), np.take_along_axis(distances, cols, axis=1)
     kth = np.partition(distances, k - 1, axis=1)[:, k - 1]
-    rows, cols = np.nonzero(distances <= kth[:, None])
+    rows, cols = nonzero_2d(distances <= kth[:, None])
     dist = distances[rows, cols]
     order = np.lexsort((cols, dist, rows))
     rows, cols, dist = rows[order], cols[order], dist[order]

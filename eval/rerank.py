@@ -38,6 +38,7 @@ from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, normalise
 from retrieval.indexes.knn import exact_knn_between, exact_knn_in
 from retrieval.common.progress import ProgressCallback
+from retrieval.common.arrays import nonzero_2d
 
 
 DISTANCES = ("squared", "toolkit")
@@ -265,7 +266,7 @@ class RerankedDistances:
         """The whole (Q, G) re-ranked matrix, exact (every pair settled): for small data and tests."""
         out = np.empty((self.num_queries, self.num_gallery), dtype=np.float64)
         for block in self.blocks(block_rows):
-            rows, cols = np.nonzero(np.ones(block.values.shape, dtype=bool))
+            rows, cols = nonzero_2d(np.ones(block.values.shape, dtype=bool))
             out[block.start:block.stop] = block.exact(rows, cols).reshape(block.values.shape)
         return out
 

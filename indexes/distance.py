@@ -38,6 +38,7 @@ from retrieval.common.metrics import ALIASES as _ALIASES
 from retrieval.common.metrics import Metric
 from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
+from retrieval.common.arrays import nonzero_2d
 
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
@@ -284,7 +285,7 @@ def exact_list_keys(queries: np.ndarray, candidates: np.ndarray, metric: "str | 
         bound = coefficient * np.sqrt(np.einsum("nd,nd->n", q64, q64))[:, None] * np.sqrt(
             np.einsum("ncd,ncd->nc", g64, g64)) * (1.0 + 2.0**-20)
     keys, unsure = round_with_bound(approx, bound)
-    rows, cols = np.nonzero(unsure)
+    rows, cols = nonzero_2d(unsure)
     if len(rows):
         flat = candidates[rows, cols]
         keys[rows, cols] = exact_pair_keys(np.asarray(queries, np.float32), rows, flat, np.arange(len(rows)), metric)
@@ -555,7 +556,7 @@ class KeySpace:
                 approx = -dots
                 bound = c64 * q_norm[start:stop, None] * g_norm[None, g0:g1]
             keys, unsure = round_with_bound(approx, bound)
-            rows, cols = np.nonzero(unsure)
+            rows, cols = nonzero_2d(unsure)
             if len(rows):
                 keys[rows, cols] = self.exact(rows + start, cols + g0)
             out[:, g0:g1] = keys

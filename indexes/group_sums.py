@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.indexes.distance import U64, round_scaled_integer, round_with_bound
+from retrieval.common.arrays import nonzero_2d
 
 _COLUMN_CHUNK_BYTES = 64 * 1024 * 1024  # float64 copies of a column strip of the rows
 
@@ -46,7 +47,7 @@ def exact_group_sums(x: np.ndarray, groups: np.ndarray, num_groups: int) -> np.n
             exact = unsure & _float64_sum_is_exact(strip, starts, magnitude)
             keys[exact] = sums[exact].astype(np.float32)  # round half to even, as integer_sum
             unsure &= ~exact
-        for g, c in zip(*np.nonzero(unsure)):
+        for g, c in zip(*nonzero_2d(unsure)):
             members = order[starts[g]:starts[g] + counts[g]]
             keys[g, c] = integer_sum(x[members, c0 + c])
         out[present, c0:c0 + columns] = keys

@@ -23,6 +23,7 @@ from retrieval.indexes.distance import (
 )
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.common.progress import ProgressCallback
+from retrieval.common.arrays import nonzero_2d
 
 
 _METRICS = (Metric.SQEUCLIDEAN, Metric.EUCLIDEAN, Metric.COSINE)
@@ -117,7 +118,7 @@ def stable_smallest_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     if k == n:
         order = np.argsort(block, axis=1, kind="stable")
         return np.take_along_axis(block, order, axis=1), order
-    rows, cols = np.nonzero(block <= _kth_smallest_upper_bound(block, k)[:, None])
+    rows, cols = nonzero_2d(block <= _kth_smallest_upper_bound(block, k)[:, None])
     return first_k_per_row(rows, cols, block[rows, cols], b, k)
 
 
@@ -174,9 +175,9 @@ def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel, tr
                 near_max.add(sent, below(row_max[e:], window[e:]), s, e, transposed=True)
             if s == 0 and sent.shape[0] > m:  # empty lists yet: a bound on each receiver's m-th
                 bound = np.partition(sent, m - 1, axis=0)[m - 1]
-                c, r = np.nonzero(sent <= bound[None, :])
+                c, r = nonzero_2d(sent <= bound[None, :])
             else:  # columns arrive in increasing order: only entries strictly below the m-th can enter
-                c, r = np.nonzero(sent < best_d[e:, m - 1][None, :])
+                c, r = nonzero_2d(sent < best_d[e:, m - 1][None, :])
             _merge(best_d, best_i, e, n - e, r, c + s, sent[c, r], m)
         if progress is not None:
             progress("neighbours", e, n)
@@ -255,12 +256,12 @@ class _NearMax:
 
     def add(self, panel: np.ndarray, floor: np.ndarray, first_row: int, first_col: int, transposed: bool) -> None:
         if transposed:  # panel[c, r]: column first_row + c of receiver first_col + r
-            c, r = np.nonzero(panel >= floor[None, :])
+            c, r = nonzero_2d(panel >= floor[None, :])
             self.rows.append(r + first_col)
             self.cols.append(c + first_row)
             self.values.append(panel[c, r])
         else:
-            r, c = np.nonzero(panel >= floor[:, None])
+            r, c = nonzero_2d(panel >= floor[:, None])
             self.rows.append(r + first_row)
             self.cols.append(c + first_col)
             self.values.append(panel[r, c])
@@ -301,7 +302,7 @@ def _finish(space: KeySpace, lists: _Lists, k: int, with_row_max: bool, self_sea
     limit = above(kth, window)
     # a row whose m-th candidate may still belong to the top k needs the whole base
     incomplete = (lists.approx_d[:, m - 1] <= limit) & (m < space.num_gallery)
-    rows, slots = np.nonzero(lists.approx_d <= limit[:, None])
+    rows, slots = nonzero_2d(lists.approx_d <= limit[:, None])
     keep = ~incomplete[rows]
     rows, cols = rows[keep], lists.approx_i[rows[keep], slots[keep]]
     keys = space.exact(rows, cols)
@@ -357,7 +358,7 @@ def _candidates(block: np.ndarray, k: int, cap: np.ndarray | None = None):
         bound = _kth_smallest_upper_bound(block, k)
     if cap is not None:
         bound = np.minimum(bound, cap)
-    return np.nonzero(block <= bound[:, None])
+    return nonzero_2d(block <= bound[:, None])
 
 
 def _kth_smallest_upper_bound(block: np.ndarray, k: int) -> np.ndarray:

@@ -41,6 +41,7 @@ from retrieval.indexes.distance import (
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.indexes.group_sums import exact_group_sums
 from retrieval.indexes.knn import exact_knn_between, first_k_per_row
+from retrieval.common.arrays import nonzero_2d
 
 DEFAULT_NPROBE = 8
 TRAIN_ROWS_PER_CELL = 32
@@ -171,7 +172,7 @@ def _cell_search(vectors, probes, k, progress):
         if len(members) == 0 or len(probers) == 0:
             continue
         block, bound = _block(vectors, probers, members)
-        r, m = np.nonzero(block <= above(upper[probers], bound)[:, None])  # may reach the row's k nearest
+        r, m = nonzero_2d(block <= above(upper[probers], bound)[:, None])  # may reach the row's k nearest
         rows.append(probers[r])
         cols.append(members[m])
         approx.append(block[r, m])
