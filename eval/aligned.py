@@ -42,7 +42,7 @@ from retrieval.eval.rerank import (
     NeighbourhoodGraph, RerankedDistances, check_parameters, distance_power, graph_from_neighbours, graph_mask,
 )
 from retrieval.indexes.distance import KeySpace, Metric
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 BLOCK_BYTES = 64 << 20  # one block's float64 stripe-pair keys (a few temporaries of its size)
 DEFAULT_LOCAL_WEIGHT = 1.0

@@ -6,7 +6,7 @@ import numpy as np
 
 from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.protocol import RankingLabels
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 CMC_MODES = ("multi-gallery-shot", "single-gallery-shot")
 

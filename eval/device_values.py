@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.indexes.distance import float32_at_most
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 
 class DeviceValues:

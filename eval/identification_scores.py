@@ -21,7 +21,7 @@ from retrieval.common.progress import ProgressCallback
 from retrieval.eval.distances import DistanceBlock, DistanceSource, block_rows_for
 from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import above, below
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 
 @dataclass(frozen=True)

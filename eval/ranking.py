@@ -30,7 +30,7 @@ from retrieval.eval.device_values import count_at_most, entries_at_most, kth_sma
 from retrieval.eval.distances import DistanceBlock, above, below
 from retrieval.eval.errors import EvaluationError
 from retrieval.eval.protocol import RankingLabels
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 
 @dataclass(frozen=True)

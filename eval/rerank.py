@@ -38,7 +38,7 @@ from retrieval.eval.errors import EvaluationError
 from retrieval.indexes.distance import KeySpace, Metric, exact_pair_keys, normalise
 from retrieval.indexes.knn import exact_knn_between, exact_knn_in
 from retrieval.common.progress import ProgressCallback
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 
 DISTANCES = ("squared", "toolkit")

@@ -38,7 +38,7 @@ from retrieval.common.metrics import ALIASES as _ALIASES
 from retrieval.common.metrics import Metric
 from retrieval.common.text import few
 from retrieval.indexes.errors import FaissIndexError
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.indexes.distance import U64, round_scaled_integer, round_with_bound
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 _COLUMN_CHUNK_BYTES = 64 * 1024 * 1024  # float64 copies of a column strip of the rows
 

@@ -23,7 +23,7 @@ from retrieval.indexes.distance import (
 )
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.common.progress import ProgressCallback
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 
 _METRICS = (Metric.SQEUCLIDEAN, Metric.EUCLIDEAN, Metric.COSINE)

@@ -41,7 +41,7 @@ from retrieval.indexes.distance import (
 from retrieval.indexes.errors import FaissIndexError
 from retrieval.indexes.group_sums import exact_group_sums
 from retrieval.indexes.knn import exact_knn_between, first_k_per_row
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 DEFAULT_NPROBE = 8
 TRAIN_ROWS_PER_CELL = 32

@@ -1,10 +1,10 @@
-"""common.arrays: the fast 2-D nonzero equals numpy's."""
+"""indexes.arrays: the fast 2-D nonzero equals numpy's."""
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.common.arrays import nonzero_2d
+from retrieval.indexes.arrays import nonzero_2d
 
 
 @settings(max_examples=60, deadline=None)
