@@ -91,9 +91,10 @@ def first_k_per_row(rows, cols, values, n_rows: int, k: int) -> tuple[np.ndarray
     """From candidate entries (each row has ≥ k), each row's first k by (value, column).
 
     float32 bits mapped to an unsigned integer in value order (the sign flips the rest) under the
-    row make one 64-bit key (row, value) per entry, sorted by numpy's fastest sort (not stable:
-    five times a two-key stable sort here); the entries that tie on it (equal values in one row)
-    are then put in column order, so the result does not depend on what the sort did with them.
+    row make one 64-bit key (row, value) per entry, sorted by numpy's fastest sort (not stable;
+    about five times faster here than a two-key stable sort); the entries that tie on it (equal
+    values in one row) are then put in column order, so the result does not depend on what the
+    sort did with them.
     """
     values = np.asarray(values, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0
     rows, cols = np.asarray(rows), np.asarray(cols)
@@ -217,9 +218,10 @@ def _torch_lists(space: KeySpace, k: int, block_rows: int, progress, self_search
     """:func:`_blocked_lists` with the selection on the device: only each row's m smallest
     approximate values (``torch.topk``) and the near-maximum entries leave it, never a whole block.
 
-    topk's order among equal values is unspecified, which the lists allow: ``_finish`` re-sorts
-    every entry up to the k-th + 2B by exact key and row, and a row whose m-th value is still
-    inside that window is scanned whole; the m smallest values themselves are unique.
+    topk's order among equal values is unspecified, which the lists allow: the m smallest values
+    are the same whichever of the tied entries it returns, ``_finish`` re-sorts every entry up to
+    the k-th + 2B by exact key and row, and a row whose m-th value is still inside that window is
+    scanned whole.
     """
     import torch
 
