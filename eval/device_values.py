@@ -21,7 +21,6 @@ class DeviceValues:
     """A (b, G) float32 block on a torch device, with the operations ``eval.ranking`` needs."""
 
     dtype = np.dtype(np.float32)
-    ndim = 2
 
     def __init__(self, tensor) -> None:
         self.tensor = tensor
@@ -41,9 +40,6 @@ class DeviceValues:
             return DeviceValues(self.tensor[index])
         rows, cols = (self._index(part) for part in index)
         return self.tensor[rows, cols].cpu().numpy()
-
-    def to_host(self) -> np.ndarray:
-        return self.tensor.cpu().numpy()
 
     def count_at_most(self, threshold: np.ndarray) -> np.ndarray:
         """Per row, how many entries are ≤ ``threshold[row]`` (float64)."""

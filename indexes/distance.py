@@ -190,18 +190,22 @@ def above(value, window) -> np.ndarray:
 
 def float32_at_least(value) -> np.ndarray:
     """The smallest float32 ≥ each float64: for float32 x, ``x >= value`` ⇔ ``x >= float32_at_least(value)``."""
-    value = np.asarray(value, dtype=np.float64)
-    with np.errstate(over="ignore"):  # beyond the float32 range: ±inf, still the right answer
-        rounded = value.astype(np.float32)
-    return np.where(rounded < value, np.nextafter(rounded, np.float32(np.inf)), rounded).astype(np.float32)
+    return _float32_toward(value, np.float32(np.inf))
 
 
 def float32_at_most(value) -> np.ndarray:
     """The largest float32 ≤ each float64: for float32 x, ``x <= value`` ⇔ ``x <= float32_at_most(value)``."""
+    return _float32_toward(value, np.float32(-np.inf))
+
+
+def _float32_toward(value, side: np.float32) -> np.ndarray:
+    """Each float64 rounded to the nearest float32, moved one step towards ``side`` (±inf) when
+    that rounding went the other way."""
     value = np.asarray(value, dtype=np.float64)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # beyond the float32 range: ±inf, still the right answer
         rounded = value.astype(np.float32)
-    return np.where(rounded > value, np.nextafter(rounded, np.float32(-np.inf)), rounded).astype(np.float32)
+    went_away = rounded < value if side > 0 else rounded > value
+    return np.where(went_away, np.nextafter(rounded, side), rounded).astype(np.float32)
 
 
 def round_with_bound(approx: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -185,38 +185,54 @@ def _symmetric_lists(space: KeySpace, k: int, panel_rows, progress, on_panel, tr
     return near_max.lists(best_d, best_i, row_max)
 
 
-def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: bool, track_max: bool) -> _Lists:
-    """Row blocks of the queries against the whole base (CPU BLAS, or torch on CUDA)."""
+def _blocked_lists(space: KeySpace, k: int, block_rows, progress, self_search: bool, track_max: bool,
+                   torch_device: str | None = None) -> _Lists:
+    """Row blocks of the queries against the whole base: CPU BLAS blocks selected with numpy, or
+    (on CUDA, or ``torch_device="cpu"`` in tests) torch blocks selected where they are computed."""
     n, n_base = space.num_queries, space.num_gallery
     m = _list_size(k, n_base)
     if block_rows is None:
         block_rows = max(1, min(4096, _BLOCK_BYTES // max(1, 4 * n_base)))
     if space.device == "cuda":
-        return _torch_lists(space, k, block_rows, progress, self_search, track_max, "cuda")
+        torch_device = "cuda"
+    if torch_device is None:
+        blocks, select = space.approx_blocks(block_rows), _select_on_host
+    else:
+        blocks, select = space.torch_blocks(block_rows, torch_device), _select_on_device
     best_d = np.empty((n, m), dtype=np.float32)
     best_i = np.empty((n, m), dtype=np.int64)
     row_max = np.full(n, -np.inf, dtype=np.float64)
     near_max = _NearMax()
-    for start, block in space.approx_blocks(block_rows):
+    for start, block in blocks:
         stop = start + block.shape[0]
-        if self_search:
-            rows = np.arange(block.shape[0])
-            block[rows, start + rows] = 0.0
-        r, c = _candidates(block, m)
-        best_d[start:stop], best_i[start:stop] = first_k_per_row(r, c, block[r, c], block.shape[0], m)
+        window = 2.0 * space.bounds.rows(start, stop) if track_max else None
+        best_d[start:stop], best_i[start:stop], block_max, near = select(block, start, m, self_search, window)
         if track_max:
-            row_max[start:stop] = block.max(axis=1)
-            near_max.add(block, below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)), start, 0,
-                         transposed=False)
+            row_max[start:stop] = block_max
+            near_max.add_entries(*near)
         if progress is not None:
             progress("neighbours", stop, n)
     return near_max.lists(best_d, best_i, row_max)
 
 
-def _torch_lists(space: KeySpace, k: int, block_rows: int, progress, self_search: bool, track_max: bool,
-                 torch_device: str) -> _Lists:
-    """:func:`_blocked_lists` with the selection on the device: only each row's m smallest
-    approximate values (``torch.topk``) and the near-maximum entries leave it, never a whole block.
+def _select_on_host(block: np.ndarray, start: int, m: int, self_search: bool, window):
+    """One block's m smallest per row by (value, column); with ``window``, each row's largest value
+    and the (rows, cols, values) of the entries within ``window`` of it (the near-maximum ones)."""
+    if self_search:
+        rows = np.arange(block.shape[0])
+        block[rows, start + rows] = 0.0
+    r, c = _candidates(block, m)
+    best_d, best_i = first_k_per_row(r, c, block[r, c], block.shape[0], m)
+    if window is None:
+        return best_d, best_i, None, None
+    block_max = block.max(axis=1)
+    r, c = nonzero_2d(block >= below(block_max, window)[:, None])
+    return best_d, best_i, block_max, (r + start, c, block[r, c])
+
+
+def _select_on_device(block, start: int, m: int, self_search: bool, window):
+    """:func:`_select_on_host` on a torch block, where it lies: only each row's m smallest
+    (``torch.topk``) and the near-maximum entries leave the device, never the whole block.
 
     topk's order among equal values is unspecified, which the lists allow: the m smallest values
     are the same whichever of the tied entries it returns, ``_finish`` re-sorts every entry up to
@@ -225,27 +241,17 @@ def _torch_lists(space: KeySpace, k: int, block_rows: int, progress, self_search
     """
     import torch
 
-    n, n_base = space.num_queries, space.num_gallery
-    m = _list_size(k, n_base)
-    best_d = np.empty((n, m), dtype=np.float32)
-    best_i = np.empty((n, m), dtype=np.int64)
-    row_max = np.full(n, -np.inf, dtype=np.float64)
-    near_max = _NearMax()
-    for start, block in space.torch_blocks(block_rows, torch_device):
-        stop = start + block.shape[0]
-        if self_search:
-            rows = torch.arange(block.shape[0], device=block.device)
-            block[rows, start + rows] = 0.0
-        values, cols = torch.topk(block, m, dim=1, largest=False, sorted=True)
-        best_d[start:stop], best_i[start:stop] = values.cpu().numpy(), cols.cpu().numpy()
-        if track_max:
-            row_max[start:stop] = block.max(dim=1).values.cpu().numpy()
-            floor = float32_at_least(below(row_max[start:stop], 2.0 * space.bounds.rows(start, stop)))
-            r, c = torch.nonzero(block >= torch.from_numpy(floor).to(block.device)[:, None], as_tuple=True)
-            near_max.add_entries(r.cpu().numpy() + start, c.cpu().numpy(), block[r, c].cpu().numpy())
-        if progress is not None:
-            progress("neighbours", stop, n)
-    return near_max.lists(best_d, best_i, row_max)
+    if self_search:
+        rows = torch.arange(block.shape[0], device=block.device)
+        block[rows, start + rows] = 0.0
+    values, cols = torch.topk(block, m, dim=1, largest=False, sorted=True)
+    if window is None:
+        return values.cpu().numpy(), cols.cpu().numpy(), None, None
+    block_max = block.max(dim=1).values.cpu().numpy()
+    floor = torch.from_numpy(float32_at_least(below(block_max, window))).to(block.device)
+    r, c = torch.nonzero(block >= floor[:, None], as_tuple=True)
+    near = (r.cpu().numpy() + start, c.cpu().numpy(), block[r, c].cpu().numpy())
+    return values.cpu().numpy(), cols.cpu().numpy(), block_max, near
 
 
 class _NearMax:
@@ -259,19 +265,15 @@ class _NearMax:
     def add(self, panel: np.ndarray, floor: np.ndarray, first_row: int, first_col: int, transposed: bool) -> None:
         if transposed:  # panel[c, r]: column first_row + c of receiver first_col + r
             c, r = nonzero_2d(panel >= floor[None, :])
-            self.rows.append(r + first_col)
-            self.cols.append(c + first_row)
-            self.values.append(panel[c, r])
+            self.add_entries(r + first_col, c + first_row, panel[c, r])
         else:
             r, c = nonzero_2d(panel >= floor[:, None])
-            self.rows.append(r + first_row)
-            self.cols.append(c + first_col)
-            self.values.append(panel[r, c])
+            self.add_entries(r + first_row, c + first_col, panel[r, c])
 
     def add_entries(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
-        self.rows.append(rows.astype(np.int64))
-        self.cols.append(cols.astype(np.int64))
-        self.values.append(values.astype(np.float32))
+        self.rows.append(rows.astype(np.int64, copy=False))
+        self.cols.append(cols.astype(np.int64, copy=False))
+        self.values.append(values.astype(np.float32, copy=False))
 
     def lists(self, best_d, best_i, row_max) -> _Lists:
         cat = lambda parts, dtype: np.concatenate(parts) if parts else np.empty(0, dtype)  # noqa: E731

@@ -134,7 +134,7 @@ def test_device_selection_equals_stable_sort(n, dim, spread, self_search, data):
     queries = x if self_search else rng.integers(-spread, spread + 1, size=(data.draw(st.integers(1, 9)), dim)).astype(np.float32)
     k = data.draw(st.integers(1, n))
     space = KeySpace(queries, x, Metric.SQEUCLIDEAN, "cpu")
-    lists = knn._torch_lists(space, k, data.draw(st.integers(1, n + 3)), None, self_search, True, "cpu")
+    lists = knn._blocked_lists(space, k, data.draw(st.integers(1, n + 3)), None, self_search, True, torch_device="cpu")
     dist, idx, row_max = knn._finish(space, lists, k, True, self_search)
     want_d, want_i, want_max = brute_force(queries, x, k)
     np.testing.assert_array_equal(idx, want_i)
